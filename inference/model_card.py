@@ -1,0 +1,85 @@
+"""Model cards: `weights/<model>.json`, the description a model is loaded and judged by."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from inference.preprocess import Preprocessing
+from node.errors import ModelLoadError
+
+
+class CardPreprocessing(BaseModel):
+    """How DICOM pixels become model input (see `inference.preprocess`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["xray", "ct"]
+    window_center: float = -600.0
+    window_width: float = 1500.0
+    percentile_low: float = 0.5
+    percentile_high: float = 99.5
+    photometric: str = "MONOCHROME1 inverted; bright means dense"
+    resize: str = "aspect-preserving, zero-padded to a square"
+    normalization_mean: float = 0.5
+    normalization_std: float = 0.25
+
+
+class CardWeights(BaseModel):
+    """The weights: one safetensors file or an index of shards, and their checksums."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str
+    dtype: str = "float16"
+    sha256: str = Field(description="SHA-256 of the weight files' bytes, concatenated in index order")
+    files: dict[str, str] = Field(default_factory=dict, description="SHA-256 of each file")
+
+
+class ModelCard(BaseModel):
+    """Everything the node and a reader need to know about one trained model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    architecture: Literal["efficientnet_b4"] = "efficientnet_b4"
+    input_size: int = Field(ge=32, le=1024)
+    in_chans: int = 1
+    preprocessing: CardPreprocessing
+    threshold: float = Field(0.5, gt=0, lt=1)
+    series_aggregation: Literal["max", "mean"] = "max"
+    weights: CardWeights
+    training: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        """The weights' SHA-256 prefix: the version the SR reports."""
+        return self.weights.sha256[:12]
+
+    def preprocessing_spec(self) -> Preprocessing:
+        p = self.preprocessing
+        return Preprocessing(p.kind, self.input_size, p.window_center, p.window_width,
+                             p.percentile_low, p.percentile_high)
+
+
+def read_card(path: Path) -> ModelCard:
+    """Load and validate a model card; `ModelLoadError` names the file and the fault."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: model card is missing") from None
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: model card cannot be read: {exc}") from None
+    try:
+        return ModelCard.model_validate(raw)
+    except ValidationError as exc:
+        faults = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ModelLoadError(f"{path}: invalid model card: {faults}") from None
+
+
+def write_card(card: ModelCard, path: Path) -> None:
+    path.write_text(json.dumps(card.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,158 @@
+"""DICOM (or PNG) pixel data to model input: one float32 square image in [0, 1] per frame.
+
+The same code serves the node and training, so the model sees at run time what it learned on.
+
+Steps, for every input the node accepts:
+1. decode (pydicom with the pylibjpeg plugins: JPEG baseline/lossless/LS, JPEG 2000, RLE, deflate);
+2. Modality LUT (Rescale Slope/Intercept, also per frame for Enhanced CT);
+3. windowing from the model card: a fixed HU window for CT, robust percentiles for radiographs;
+4. MONOCHROME1 inverted so that bone is bright everywhere;
+5. aspect-preserving resize into the model's square input, zero-padded (letterbox).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut
+
+from node.errors import NotEvaluable
+
+# Synthesised CT images are 16-bit PNGs holding HU + CT_PNG_OFFSET.
+CT_PNG_OFFSET = 1024
+MIN_SIDE = 32
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The model card's preprocessing section."""
+
+    kind: Literal["xray", "ct"]
+    input_size: int
+    window_center: float = -600.0
+    window_width: float = 1500.0
+    percentile_low: float = 0.5
+    percentile_high: float = 99.5
+
+
+@dataclass(frozen=True)
+class PreparedFrame:
+    """One frame ready for the model; `frame_number` is 1-based, None for single-frame images."""
+
+    frame_number: int | None
+    pixels: np.ndarray  # float32, (input_size, input_size), in [0, 1]
+
+
+def _frame_rescale(ds: Dataset, index: int) -> tuple[float, float] | None:
+    """Slope and intercept from the functional groups of an enhanced multi-frame image."""
+    groups = []
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame and len(per_frame) > index:
+        groups.append(per_frame[index])
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        groups.append(shared[0])
+    for group in groups:
+        transform = group.get("PixelValueTransformationSequence")
+        if transform:
+            item = transform[0]
+            return float(item.get("RescaleSlope", 1.0)), float(item.get("RescaleIntercept", 0.0))
+    return None
+
+
+def check_evaluable(ds: Dataset) -> None:
+    """Raise `NotEvaluable` for images a greyscale manipulation model cannot use."""
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise NotEvaluable("no pixel data")
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    if int(ds.get("SamplesPerPixel", 1)) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise NotEvaluable(f"colour image ({photometric or 'unknown photometric'}); the models are greyscale")
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    if "LOCALIZER" in image_type or "SCOUT" in image_type:
+        raise NotEvaluable("localizer (scout) image")
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    if rows < MIN_SIDE or cols < MIN_SIDE:
+        raise NotEvaluable(f"image too small ({rows}x{cols})")
+
+
+def frames_in_modality_units(ds: Dataset) -> list[np.ndarray]:
+    """Decode the pixel data and apply the Modality LUT; one float32 2-D array per frame."""
+    check_evaluable(ds)
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # decoders raise many types; the reason is what users need
+        raise NotEvaluable(f"pixel data cannot be decoded: {exc}") from exc
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames == 1 and pixels.ndim == 2:
+        pixels = pixels[np.newaxis]
+    if pixels.ndim != 3:
+        raise NotEvaluable(f"unexpected pixel array shape {pixels.shape}")
+    out = []
+    for index in range(pixels.shape[0]):
+        frame_rescale = _frame_rescale(ds, index) if frames > 1 else None
+        if frame_rescale is not None:
+            slope, intercept = frame_rescale
+            values = pixels[index].astype(np.float32) * slope + intercept
+        else:
+            values = np.asarray(apply_modality_lut(pixels[index], ds), dtype=np.float32)
+        out.append(values)
+    return out
+
+
+def to_unit_range(values: np.ndarray, prep: Preprocessing, monochrome1: bool = False) -> np.ndarray:
+    """Window modality values into [0, 1], bright meaning dense, as the card says."""
+    if prep.kind == "ct":
+        low = prep.window_center - prep.window_width / 2
+        scaled = (values - low) / prep.window_width
+    else:
+        lo, hi = np.percentile(values, [prep.percentile_low, prep.percentile_high])
+        scaled = (values - lo) / max(float(hi - lo), 1e-6)
+    scaled = np.clip(scaled, 0.0, 1.0).astype(np.float32)
+    return 1.0 - scaled if monochrome1 else scaled
+
+
+def fit_to_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Aspect-preserving resize so that the longer side is `size`, centred on a zero square."""
+    h, w = image.shape
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    resized = torch.nn.functional.interpolate(tensor, size=(nh, nw), mode="bilinear",
+                                              antialias=scale < 1, align_corners=False)[0, 0].numpy()
+    out = np.zeros((size, size), dtype=np.float32)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top:top + nh, left:left + nw] = np.clip(resized, 0.0, 1.0)
+    return out
+
+
+def prepare_values(values: np.ndarray, prep: Preprocessing, monochrome1: bool = False) -> np.ndarray:
+    """Modality-unit image to model input."""
+    return fit_to_square(to_unit_range(values, prep, monochrome1), prep.input_size)
+
+
+def prepare_dataset(ds: Dataset, prep: Preprocessing) -> list[PreparedFrame]:
+    """Every frame of a DICOM image as model input; raises `NotEvaluable` with the reason."""
+    monochrome1 = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    frames = frames_in_modality_units(ds)
+    numbered = len(frames) > 1 or int(ds.get("NumberOfFrames", 1) or 1) > 1
+    return [
+        PreparedFrame(i + 1 if numbered else None, prepare_values(values, prep, monochrome1))
+        for i, values in enumerate(frames)
+    ]
+
+
+def png_in_modality_units(path: Path, kind: Literal["xray", "ct"]) -> np.ndarray:
+    """A greyscale PNG (8 or 16 bit) as modality values; CT PNGs hold HU + CT_PNG_OFFSET."""
+    with Image.open(path) as img:
+        if img.mode not in ("I;16", "I;16B", "I", "L"):
+            img = img.convert("L")
+        values = np.asarray(img, dtype=np.float32)
+    if values.ndim != 2:
+        raise NotEvaluable(f"{path.name}: not a greyscale image")
+    return values - CT_PNG_OFFSET if kind == "ct" else values

@@ -1,0 +1,91 @@
+"""Scoring a series: per-image results, the card's aggregation rule, the verdict."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from pydicom import dcmread
+
+from inference.model import Classifier
+from inference.preprocess import prepare_dataset
+from node.errors import NotEvaluable
+
+
+class Verdict(str, Enum):
+    SUSPECTED = "SUSPECTED"
+    NOT_SUSPECTED = "NOT SUSPECTED"
+    NOT_EVALUATED = "NOT EVALUATED"
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """The result for one image (one frame of a multi-frame image has its own)."""
+
+    sop_instance_uid: str
+    frame_number: int | None
+    score: float | None  # probability in [0, 1]; None when not evaluated
+    reason: str | None = None  # why not evaluated
+
+
+@dataclass(frozen=True)
+class SeriesResult:
+    """All image results of one series, the series score and the verdict."""
+
+    images: list[ImageResult]
+    score: float | None
+    verdict: Verdict
+    model_name: str
+    model_version: str
+    threshold: float
+
+    @property
+    def evaluated(self) -> list[ImageResult]:
+        return [r for r in self.images if r.score is not None]
+
+
+def aggregate(scores: list[float], rule: str) -> float:
+    """Series score from image scores: `max` lets one tampered slice flag the series."""
+    if not scores:
+        raise ValueError("no scores to aggregate")
+    if rule == "max":
+        return max(scores)
+    if rule == "mean":
+        return sum(scores) / len(scores)
+    raise ValueError(f"unknown aggregation rule {rule!r}")
+
+
+def verdict_for(score: float | None, threshold: float) -> Verdict:
+    if score is None:
+        return Verdict.NOT_EVALUATED
+    return Verdict.SUSPECTED if score >= threshold else Verdict.NOT_SUSPECTED
+
+
+def score_files(classifier: Classifier, paths: Iterable[Path]) -> SeriesResult:
+    """Evaluate the DICOM files of one series; unusable images are reported, never raised."""
+    prep = classifier.card.preprocessing_spec()
+    pending: list[tuple[str, int | None]] = []
+    images = []
+    results: list[ImageResult] = []
+    for path in paths:
+        try:
+            ds = dcmread(path)
+            uid = str(ds.SOPInstanceUID)
+        except Exception as exc:  # a spooled file that cannot be read is reported, not raised
+            results.append(ImageResult(path.stem, None, None, f"cannot be read: {exc}"))
+            continue
+        try:
+            for frame in prepare_dataset(ds, prep):
+                pending.append((uid, frame.frame_number))
+                images.append(frame.pixels)
+        except NotEvaluable as exc:
+            results.append(ImageResult(uid, None, None, str(exc)))
+    probabilities = classifier.scores(images)
+    results.extend(ImageResult(uid, frame, float(p)) for (uid, frame), p in zip(pending, probabilities,
+                                                                                 strict=True))
+    evaluated = [r.score for r in results if r.score is not None]
+    score = aggregate(evaluated, classifier.card.series_aggregation) if evaluated else None
+    return SeriesResult(results, score, verdict_for(score, classifier.card.threshold),
+                        classifier.name, classifier.version, classifier.card.threshold)

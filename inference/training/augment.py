@@ -1,0 +1,67 @@
+"""Training augmentation on [0, 1] images: geometry, intensity, and benign degradations.
+
+The benign degradations (noise, blur, resampling, lossy JPEG / JPEG 2000) hit both classes alike,
+so the model never learns that compression or resizing means tampering.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+from scipy.ndimage import gaussian_filter, rotate, zoom
+
+
+def _lossy(image: np.ndarray, fmt: str, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    pil = Image.fromarray(np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8))
+    if fmt == "JPEG2000":
+        pil.save(buf, fmt, quality_mode="rates", quality_layers=[quality])
+    else:
+        pil.save(buf, fmt, quality=quality)
+    buf.seek(0)
+    return np.asarray(Image.open(buf), dtype=np.float32) / 255.0
+
+
+def resample(image: np.ndarray, factor: float) -> np.ndarray:
+    small = zoom(image, factor, order=1)
+    back = zoom(small, (image.shape[0] / small.shape[0], image.shape[1] / small.shape[1]), order=1)
+    out = np.zeros_like(image)
+    h, w = min(back.shape[0], image.shape[0]), min(back.shape[1], image.shape[1])
+    out[:h, :w] = back[:h, :w]
+    return out
+
+
+BENIGN = {
+    "jpeg": lambda rng, img: _lossy(img, "JPEG", int(rng.integers(60, 95))),
+    "jpeg2000": lambda rng, img: _lossy(img, "JPEG2000", int(rng.integers(8, 30))),
+    "noise": lambda rng, img: img + rng.uniform(0.003, 0.02) * rng.standard_normal(img.shape).astype(np.float32),
+    "blur": lambda rng, img: gaussian_filter(img, rng.uniform(0.3, 1.0)),
+    "resample": lambda rng, img: resample(img, rng.uniform(0.5, 0.9)),
+}
+
+
+def benign_degrade(rng: np.random.Generator, image: np.ndarray, name: str) -> np.ndarray:
+    """One named benign degradation (used by training and by the FPR check in evaluation)."""
+    return np.clip(BENIGN[name](rng, image), 0, 1).astype(np.float32)
+
+
+def augment(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """Random geometry and intensity changes, then each benign degradation with some probability."""
+    if rng.random() < 0.5:
+        image = image[:, ::-1]
+    if rng.random() < 0.5:
+        image = rotate(image, rng.uniform(-10, 10), reshape=False, order=1, mode="constant")
+    if rng.random() < 0.5:
+        z = rng.uniform(0.85, 1.0)
+        h, w = image.shape
+        ch, cw = int(h * z), int(w * z)
+        r, c = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        image = image[r:r + ch, c:c + cw]
+    image = image * rng.uniform(0.9, 1.1) + rng.uniform(-0.05, 0.05)
+    image = np.clip(image, 0, 1).astype(np.float32)
+    for name, p in (("blur", 0.15), ("resample", 0.15), ("noise", 0.25), ("jpeg", 0.25), ("jpeg2000", 0.1)):
+        if rng.random() < p:
+            image = benign_degrade(rng, image, name)
+    return np.ascontiguousarray(image, dtype=np.float32)

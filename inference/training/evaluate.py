@@ -1,0 +1,77 @@
+"""`dfnode evaluate`: a trained model measured on a dataset, or on a manipulation family it never saw."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from inference.model import load_classifier
+from inference.training.datasets import load_samples
+from inference.training.evaluation import Scorer, benign_scores, evaluate_scores, score_samples
+from inference.training.plots import plot_confusion, plot_roc
+from inference.training.splits import grouped_split
+from inference.training.train import TrainSpec, train
+
+
+def evaluate_model(card_path: Path, data: Path, split: str, out_dir: Path, seed: int | None = None,
+                   progress: bool = True) -> dict:
+    """Metrics of a model on `data` (its test split, by the card's seed, or all of it)."""
+    classifier = load_classifier(card_path)
+    card = classifier.card
+    samples = load_samples(data)
+    if split != "all":
+        split_seed = seed if seed is not None else int(card.training.get("spec", {}).get("seed", 0))
+        excluded = set(card.training.get("excluded_families", []))
+        samples = grouped_split([s for s in samples if s.manipulation not in excluded], split_seed)[split]
+    p = card.preprocessing
+    scorer = Scorer(classifier.network, card.preprocessing_spec(), p.normalization_mean, p.normalization_std,
+                    classifier.device, batch_size=32)
+    scores = score_samples(scorer, samples, desc=f"evaluate {card.name}", progress=progress)
+    benign_seed = int(card.training.get("spec", {}).get("seed", 0)) + 2
+    benign = benign_scores(scorer, [s for s in samples if s.label == 0], benign_seed, progress)
+    report = evaluate_scores(samples, scores, card.threshold, benign)
+    report.update({"model": card.name, "version": card.version, "data": str(data), "split": split})
+    _write_outputs(report, np.array([s.label for s in samples]), scores, out_dir, f"{card.name}-{split}")
+    return report
+
+
+def leave_one_family_out(base: TrainSpec, family: str, out_dir: Path) -> dict:
+    """Train without `family`, then measure pristine vs `family` on the test split."""
+    spec = dataclasses.replace(base, exclude_families=(family,), model_name=f"{base.model_name}-without-{family}",
+                               weights_dir=out_dir, run_dir=out_dir / "run", resume=False)
+    train(spec)
+    classifier = load_classifier(out_dir / f"{spec.model_name}.json")
+    samples = grouped_split(load_samples(base.data), base.seed)["test"]
+    held_out = [s for s in samples if s.label == 0 or s.manipulation == family]
+    p = classifier.card.preprocessing
+    scorer = Scorer(classifier.network, classifier.card.preprocessing_spec(), p.normalization_mean,
+                    p.normalization_std, classifier.device, batch_size=32)
+    scores = score_samples(scorer, held_out, desc=f"held-out {family}", progress=base.progress)
+    report = evaluate_scores(held_out, scores, classifier.card.threshold, {})
+    report.update({"held_out_family": family, "model": spec.model_name})
+    _write_outputs(report, np.array([s.label for s in held_out]), scores, out_dir, f"held-out-{family}")
+    return report
+
+
+def _write_outputs(report: dict, labels: np.ndarray, scores: np.ndarray, out_dir: Path, stem: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    plot_roc(labels, scores, stem, out_dir / f"{stem}.roc.png")
+    plot_confusion(report["confusion"], stem, out_dir / f"{stem}.confusion.png")
+
+
+def format_report(report: dict) -> str:
+    """A plain table of the headline figures."""
+    rows = [("images", report["images"]), ("manipulated", report["manipulated"]),
+            ("ROC AUC", f"{report['roc_auc']:.4f}"), ("threshold", f"{report['threshold']:.3f}"),
+            ("accuracy", f"{report['accuracy']:.4f}"), ("precision", f"{report['precision']:.4f}"),
+            ("recall", f"{report['recall']:.4f}"), ("F1", f"{report['f1']:.4f}"),
+            ("confusion (tn fp fn tp)", " ".join(str(report["confusion"][k]) for k in ("tn", "fp", "fn", "tp")))]
+    if report.get("benign_fpr") is not None:
+        rows.append(("FPR, benign-processed pristine", f"{report['benign_fpr']:.4f}"))
+    rows += [(f"AUC {family}", f"{auc:.4f}") for family, auc in report.get("auc_by_manipulation", {}).items()]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

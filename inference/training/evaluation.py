@@ -1,0 +1,79 @@
+"""Measuring a network on labelled samples: AUC, metrics at the threshold, AUC per manipulation
+family, and false positives on pristine images after benign processing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from inference.model import to_batch
+from inference.preprocess import Preprocessing, fit_to_square, to_unit_range
+from inference.training.augment import BENIGN, benign_degrade
+from inference.training.datasets import Sample, load_values
+from inference.training.metrics import at_threshold, roc_auc
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A network and how to feed it."""
+
+    network: torch.nn.Module
+    prep: Preprocessing
+    mean: float
+    std: float
+    device: torch.device
+    batch_size: int = 16
+
+
+def prepare_sample(sample: Sample, prep: Preprocessing) -> np.ndarray:
+    """A sample as a [0, 1] image at its own resolution (before the final resize)."""
+    values, monochrome1 = load_values(sample.path, prep.kind)
+    return to_unit_range(values, prep, monochrome1)
+
+
+def score_samples(scorer: Scorer, samples: list[Sample], degrade: str | None = None, seed: int = 0,
+                  desc: str = "scoring", progress: bool = True) -> np.ndarray:
+    """Manipulation probabilities for samples, optionally after one benign degradation."""
+    scorer.network.eval()
+    out = []
+    bar = tqdm(total=len(samples), desc=desc, unit="img", disable=not progress, leave=False)
+    with torch.inference_mode():
+        for start in range(0, len(samples), scorer.batch_size):
+            images = []
+            for i, sample in enumerate(samples[start:start + scorer.batch_size]):
+                image = prepare_sample(sample, scorer.prep)
+                if degrade is not None:
+                    image = benign_degrade(np.random.default_rng([seed, start + i]), image, degrade)
+                images.append(fit_to_square(image, scorer.prep.input_size))
+            batch = to_batch(images, scorer.mean, scorer.std).to(scorer.device)
+            out.append(torch.sigmoid(scorer.network(batch).float().reshape(-1)).cpu().numpy())
+            bar.update(len(images))
+    bar.close()
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def benign_scores(scorer: Scorer, pristine: list[Sample], seed: int, progress: bool = True) -> dict[str, np.ndarray]:
+    """Scores of pristine images after each benign degradation."""
+    return {name: score_samples(scorer, pristine, name, seed, f"benign {name}", progress) for name in BENIGN}
+
+
+def evaluate_scores(samples: list[Sample], scores: np.ndarray, threshold: float,
+                    benign: dict[str, np.ndarray]) -> dict:
+    """The full report for scored samples."""
+    labels = np.array([s.label for s in samples])
+    report = {"images": len(samples), "manipulated": int(labels.sum()), "threshold": threshold,
+              "roc_auc": roc_auc(labels, scores), **at_threshold(labels, scores, threshold)}
+    pristine = labels == 0
+    families = sorted({s.manipulation for s in samples if s.label == 1})
+    report["auc_by_manipulation"] = {
+        family: roc_auc(np.r_[np.zeros(pristine.sum()), np.ones(len(idx))], np.r_[scores[pristine], scores[idx]])
+        for family in families
+        if len(idx := np.array([i for i, s in enumerate(samples) if s.manipulation == family])) and pristine.any()
+    }
+    all_benign = np.concatenate(list(benign.values())) if benign else np.zeros(0)
+    report["benign_fpr"] = float((all_benign >= threshold).mean()) if len(all_benign) else None
+    report["benign_fpr_by_processing"] = {k: float((v >= threshold).mean()) for k, v in benign.items()}
+    return report

@@ -1,0 +1,122 @@
+"""`dfnode synth`: labelled pristine/manipulated pairs as 16-bit PNGs plus a manifest CSV.
+
+Every pair comes from one source (a phantom or a crop of a packaged real image) and carries that
+source's id as its group, so a grouped split never separates an image from its manipulated twin.
+Output is deterministic for a given seed: sample i draws from `default_rng([seed, i])`.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from inference.preprocess import CT_PNG_OFFSET
+from inference.training.manipulations import families_for
+from inference.training.phantoms import knee_radiograph, lung_ct_slice
+from inference.training.sources import random_crop, real_images
+
+MANIFEST_FIELDS = ["path", "label", "kind", "manipulation", "group", "box"]
+KIND_FOR_MODEL = {"knee": "xray", "lung": "ct"}
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """What to synthesise: `count` sources, each giving a pristine and a manipulated image."""
+
+    kind: str  # "xray" or "ct"
+    count: int
+    size: int = 320
+    seed: int = 0
+    real_fraction: float = 0.15
+    families: tuple[str, ...] = ()  # empty: every family that applies to the kind
+
+
+@dataclass(frozen=True)
+class SynthRow:
+    path: str
+    label: int
+    kind: str
+    manipulation: str
+    group: str
+    box: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {f: str(getattr(self, f)) for f in MANIFEST_FIELDS}
+
+
+def _source(rng: np.random.Generator, spec: SynthSpec, index: int) -> tuple[str, np.ndarray]:
+    """A pristine image in modality units and its group id."""
+    reals = real_images(spec.kind)
+    if reals and rng.random() < spec.real_fraction:
+        image = reals[int(rng.integers(len(reals)))]
+        return image.group, random_crop(rng, image, spec.size)
+    make = knee_radiograph if spec.kind == "xray" else lung_ct_slice
+    return f"phantom-{spec.seed}-{index}", make(rng, spec.size)
+
+
+def to_png_values(values: np.ndarray, kind: str) -> np.ndarray:
+    """Modality units to the 16-bit PNG convention (CT: HU + CT_PNG_OFFSET)."""
+    shifted = values + CT_PNG_OFFSET if kind == "ct" else values
+    return np.clip(np.rint(shifted), 0, 65535).astype(np.uint16)
+
+
+def write_png(values: np.ndarray, kind: str, path: Path) -> None:
+    Image.fromarray(to_png_values(values, kind)).save(path)
+
+
+def make_pair(spec: SynthSpec, index: int, out_dir: Path) -> list[SynthRow]:
+    """Write the pristine and the manipulated image of source `index`."""
+    rng = np.random.default_rng([spec.seed, index])
+    group, pristine = _source(rng, spec, index)
+    families = families_for(spec.kind)
+    names = [n for n in families if not spec.families or n in spec.families]
+    name = names[index % len(names)]
+    _, donor = _source(rng, spec, index + 1_000_000)
+    tampered = families[name](rng, pristine, donor)
+    rows = []
+    for label, image, kind_name, box in ((0, pristine, "pristine", None), (1, tampered.image, name, tampered.box)):
+        rel = f"{spec.kind}/{index:06d}_{label}.png"
+        write_png(image, spec.kind, out_dir / rel)
+        box_text = " ".join(map(str, box)) if box else ""
+        rows.append(SynthRow(rel, label, spec.kind, kind_name, group, box_text))
+    return rows
+
+
+def _make_pair_job(args: tuple[SynthSpec, int, Path]) -> list[SynthRow]:
+    return make_pair(*args)
+
+
+def synthesise(spec: SynthSpec, out_dir: Path, workers: int = 1, progress: bool = True) -> Path:
+    """Write `spec.count` pairs under `out_dir` and the manifest `out_dir/manifest.csv`."""
+    (out_dir / spec.kind).mkdir(parents=True, exist_ok=True)
+    jobs = [(spec, i, out_dir) for i in range(spec.count)]
+    rows: list[SynthRow] = []
+    bar = tqdm(total=spec.count, desc=f"synth {spec.kind}", unit="pair", disable=not progress)
+    results: Iterator[list[SynthRow]]
+    if workers > 1:
+        pool = ProcessPoolExecutor(workers)
+        results = pool.map(_make_pair_job, jobs, chunksize=8)
+    else:
+        pool = None
+        results = map(_make_pair_job, jobs)
+    try:
+        for pair in results:
+            rows.extend(pair)
+            bar.update()
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown()
+    manifest = out_dir / "manifest.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+        writer.writeheader()
+        writer.writerows(r.as_dict() for r in rows)
+    return manifest

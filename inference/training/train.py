@@ -1,0 +1,201 @@
+"""`dfnode train`: the seed paper's method, done properly.
+
+Preprocessing as the node does it, augmentation with benign degradations on both classes, a
+60/20/20 split grouped by source, AdamW with a cosine schedule, early stopping on validation AUC,
+the best checkpoint kept, AMP on a GPU, resumable from `run_dir/last.pt`. The threshold is set on
+the validation split so that at most `max_benign_fpr` of benign-processed pristine images flag.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from inference.model import build_network, to_batch
+from inference.model_card import CardPreprocessing, ModelCard, write_card
+from inference.preprocess import Preprocessing, fit_to_square
+from inference.training.augment import augment
+from inference.training.datasets import Sample, load_samples
+from inference.training.evaluation import Scorer, benign_scores, evaluate_scores, prepare_sample, score_samples
+from inference.training.metrics import roc_auc, threshold_for_fpr
+from inference.training.plots import plot_confusion, plot_roc
+from inference.training.splits import grouped_split
+from inference.weights import save_weights
+
+MEAN, STD = 0.5, 0.25
+
+
+@dataclass
+class TrainSpec:
+    """Everything one training run needs; recorded in the model card."""
+
+    model_name: str
+    kind: str  # "xray" or "ct"
+    data: Path
+    weights_dir: Path
+    run_dir: Path
+    input_size: int = 160
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    patience: int = 5
+    seed: int = 0
+    max_minutes: float | None = None
+    device: str = "auto"
+    workers: int = 1
+    exclude_families: tuple[str, ...] = ()
+    max_benign_fpr: float = 0.02
+    aggregation: str = "max"
+    resume: bool = True
+    progress: bool = True
+    command: str = ""
+    data_description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(self.kind, self.input_size)  # type: ignore[arg-type]
+
+
+class _TrainImages(torch.utils.data.Dataset):
+    """Augmented training images; the augmentation differs per epoch and is reproducible."""
+
+    def __init__(self, samples: list[Sample], prep: Preprocessing, seed: int):
+        self.samples, self.prep, self.seed, self.epoch = samples, prep, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, float]:
+        sample = self.samples[i]
+        image = augment(np.random.default_rng([self.seed, self.epoch, i]), prepare_sample(sample, self.prep))
+        return fit_to_square(image, self.prep.input_size), float(sample.label)
+
+
+def _collate(batch: list[tuple[np.ndarray, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return to_batch([b[0] for b in batch], MEAN, STD), torch.tensor([b[1] for b in batch])
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def select_samples(spec: TrainSpec) -> dict[str, list[Sample]]:
+    """The grouped split, without the families this run holds out."""
+    samples = [s for s in load_samples(spec.data) if s.manipulation not in spec.exclude_families]
+    return grouped_split(samples, spec.seed)
+
+
+def train(spec: TrainSpec) -> dict:
+    """Train, pick the threshold, measure on the test split, write weights, card, plots, metrics."""
+    torch.manual_seed(spec.seed)
+    device = _device(spec.device)
+    splits = select_samples(spec)
+    prep = spec.preprocessing()
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    network = build_network(spec.input_size).to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    dataset = _TrainImages(splits["train"], prep, spec.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=spec.batch_size, shuffle=True, drop_last=True,
+                                         num_workers=spec.workers, collate_fn=_collate,
+                                         generator=torch.Generator().manual_seed(spec.seed))
+    total_steps = max(1, spec.epochs * len(loader))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(step / total_steps, 1))))
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scorer = Scorer(network, prep, MEAN, STD, device, batch_size=spec.batch_size * 2)
+    state = {"epoch": 0, "best_auc": -1.0, "stale": 0, "history": []}
+    last = spec.run_dir / "last.pt"
+    if spec.resume and last.is_file():
+        checkpoint = torch.load(last, map_location=device, weights_only=False)
+        network.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        state = checkpoint["state"]
+    started = time.monotonic()
+    val_labels = np.array([s.label for s in splits["val"]])
+    while state["epoch"] < spec.epochs and state["stale"] < spec.patience:
+        dataset.epoch = state["epoch"]
+        network.train()
+        bar = tqdm(loader, desc=f"{spec.model_name} epoch {state['epoch'] + 1}/{spec.epochs}",
+                   disable=not spec.progress)
+        losses = []
+        for images, labels in bar:
+            images, labels = images.to(device), labels.to(device)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                logits = network(images).reshape(-1)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", best_val_auc=f"{state['best_auc']:.3f}")
+        val_auc = roc_auc(val_labels, score_samples(scorer, splits["val"], desc="validation",
+                                                    progress=spec.progress))
+        state["epoch"] += 1
+        state["history"].append({"epoch": state["epoch"], "loss": float(np.mean(losses)) if losses else None,
+                                 "val_auc": val_auc})
+        if val_auc > state["best_auc"]:
+            state["best_auc"], state["stale"] = val_auc, 0
+            torch.save(network.state_dict(), spec.run_dir / "best.pt")
+        else:
+            state["stale"] += 1
+        torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "state": state}, last)
+        print(f"{spec.model_name}: epoch {state['epoch']} loss {state['history'][-1]['loss']:.4f} "
+              f"val AUC {val_auc:.4f} (best {state['best_auc']:.4f})", flush=True)
+        if spec.max_minutes is not None and (time.monotonic() - started) / 60 > spec.max_minutes:
+            print(f"{spec.model_name}: stopping at the {spec.max_minutes} minute limit", flush=True)
+            break
+    network.load_state_dict(torch.load(spec.run_dir / "best.pt", map_location=device))
+    return _finish(spec, network, scorer, splits, state)
+
+
+def _finish(spec: TrainSpec, network: torch.nn.Module, scorer: Scorer, splits: dict[str, list[Sample]],
+            state: dict) -> dict:
+    """Threshold from validation, metrics on test, then weights, card, plots and metrics JSON."""
+    val_pristine = [s for s in splits["val"] if s.label == 0]
+    val_benign = benign_scores(scorer, val_pristine, spec.seed + 1, spec.progress)
+    clean = score_samples(scorer, val_pristine, desc="val pristine", progress=spec.progress)
+    threshold = threshold_for_fpr(np.concatenate([clean, *val_benign.values()]), spec.max_benign_fpr / 2)
+    test_scores = score_samples(scorer, splits["test"], desc="test", progress=spec.progress)
+    test_benign = benign_scores(scorer, [s for s in splits["test"] if s.label == 0], spec.seed + 2, spec.progress)
+    report = evaluate_scores(splits["test"], test_scores, threshold, test_benign)
+    report["split"] = "test"
+    report["split_sizes"] = {k: len(v) for k, v in splits.items()}
+    report["best_val_auc"] = state["best_auc"]
+    report["epochs_run"] = state["epoch"]
+    weights = save_weights(network.state_dict(), spec.weights_dir, spec.model_name)
+    card = ModelCard(
+        name=spec.model_name, input_size=spec.input_size,
+        preprocessing=CardPreprocessing(kind=spec.kind, normalization_mean=MEAN, normalization_std=STD),  # type: ignore[arg-type]
+        threshold=threshold, series_aggregation=spec.aggregation, weights=weights,  # type: ignore[arg-type]
+        training={"command": spec.command, "data": spec.data_description or str(spec.data),
+                  "split": "60/20/20 grouped by source, seed %d" % spec.seed,
+                  "excluded_families": list(spec.exclude_families),
+                  "spec": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(spec).items()
+                           if k not in ("command", "data_description", "progress")},
+                  "history": state["history"],
+                  "threshold_rule": f"lowest with <= {spec.max_benign_fpr / 2:.1%} of clean and "
+                                    "benign-processed validation pristine images at or above it"},
+        metrics=report,
+    )
+    write_card(card, spec.weights_dir / f"{spec.model_name}.json")
+    labels = np.array([s.label for s in splits["test"]])
+    plot_roc(labels, test_scores, f"{spec.model_name}: ROC, test split", spec.run_dir / f"{spec.model_name}.roc.png")
+    plot_confusion(report["confusion"], f"{spec.model_name}: test, threshold {threshold:.2f}",
+                   spec.run_dir / f"{spec.model_name}.confusion.png")
+    (spec.run_dir / f"{spec.model_name}.metrics.json").write_text(json.dumps(report, indent=2))
+    return report

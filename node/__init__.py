@@ -1,0 +1,1 @@
+"""The application that wires dfnode together: config, database, routing, jobs, CLI."""

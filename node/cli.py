@@ -1,0 +1,197 @@
+"""The `dfnode` console command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from node.errors import ConfigError, DfnodeError
+
+DEFAULT_CONFIG = Path("config.yaml")
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="config file (default: config.yaml)")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from node.config import load_config
+    from node.service import run_forever
+
+    return run_forever(load_config(args.config))
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from node.config import load_config
+    from node.service import check_models
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"{exc.source}: invalid configuration", file=sys.stderr)
+        for path, message in exc.problems:
+            print(f"  {path}: {message}", file=sys.stderr)
+        return 2
+    problems = check_models(config)
+    for path, message in problems:
+        print(f"  {path}: {message}", file=sys.stderr)
+    if problems:
+        return 2
+    print(f"{args.config}: OK ({len(config.routes)} routes, {len(config.peers)} peers, "
+          f"models: {', '.join(config.routed_models()) or 'none'})")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from node.config import load_config
+    from node.status import status_report
+
+    print(status_report(load_config(args.config), limit=args.limit))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from node.config import load_config
+    from node.predict import predict_files
+
+    config = load_config(args.config)
+    print(predict_files(config, args.files, model=args.model))
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from inference.training.synth import KIND_FOR_MODEL, SynthSpec, synthesise
+
+    kind = KIND_FOR_MODEL.get(args.kind, args.kind)
+    spec = SynthSpec(kind, args.count, args.size, args.seed, args.real_fraction, tuple(args.family or ()))
+    manifest = synthesise(spec, args.out, workers=args.workers)
+    print(f"wrote {2 * args.count} images and {manifest}")
+    return 0
+
+
+def _train_spec(args: argparse.Namespace):
+    from inference.training.synth import KIND_FOR_MODEL
+    from inference.training.train import TrainSpec
+
+    return TrainSpec(
+        model_name=args.model, kind=args.kind or KIND_FOR_MODEL.get(args.model, "xray"), data=args.data,
+        weights_dir=args.weights_dir, run_dir=args.run_dir or Path("runs") / args.model,
+        input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        patience=args.patience, seed=args.seed, max_minutes=args.max_minutes, device=args.device,
+        workers=args.workers, exclude_families=tuple(args.exclude or ()), aggregation=args.aggregation,
+        resume=not args.no_resume, command="dfnode " + shlex.join(sys.argv[1:]),
+        data_description=args.data_description or "")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from inference.training.evaluate import format_report
+    from inference.training.train import train
+
+    report = train(_train_spec(args))
+    print(format_report(report))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from inference.training.evaluate import evaluate_model, format_report, leave_one_family_out
+
+    if args.leave_out:
+        report = leave_one_family_out(_train_spec(args), args.leave_out, args.out)
+    else:
+        report = evaluate_model(args.weights, args.data, args.split, args.out)
+    print(format_report(report))
+    return 0
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, required=True,
+                   help="a synth manifest, a CSV of path,label,group, or a folder with real/ and fake/")
+    p.add_argument("--model", default="knee", help="model name: the card is weights/<model>.json")
+    p.add_argument("--kind", choices=["xray", "ct"], help="preprocessing kind (default: from the model name)")
+    p.add_argument("--weights-dir", type=Path, default=Path("weights"))
+    p.add_argument("--run-dir", type=Path, help="checkpoints and plots (default: runs/<model>)")
+    p.add_argument("--input-size", type=int, default=380)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=5, help="epochs without a better validation AUC")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-minutes", type=float, help="stop after this long, keeping the best checkpoint")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--workers", type=int, default=1, help="data-loading processes")
+    p.add_argument("--exclude", action="append", help="leave a manipulation family out of training")
+    p.add_argument("--aggregation", choices=["max", "mean"], default="max", help="series aggregation rule")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
+    p.add_argument("--data-description", help="what the data is, for the model card")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dfnode", description="DICOM node that screens images for manipulation")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the node: receive, evaluate, send Structured Reports")
+    _config_arg(p)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("check-config", help="validate a config and the models it routes to")
+    _config_arg(p)
+    p.set_defaults(func=_cmd_check_config)
+
+    p = sub.add_parser("status", help="recent series: received, routed, scores, verdict, SR delivery")
+    _config_arg(p)
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("predict", help="score DICOM or PNG files offline and print a table")
+    _config_arg(p)
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--model", help="model name (default: routed by DICOM tags; required for PNG)")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("synth", help="synthesise labelled pristine/manipulated images and a manifest")
+    p.add_argument("--kind", default="knee", help="knee/xray or lung/ct")
+    p.add_argument("--count", type=int, default=1000, help="number of sources (each gives two images)")
+    p.add_argument("--size", type=int, default=320)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--real-fraction", type=float, default=0.15, help="share of sources cropped from real images")
+    p.add_argument("--family", action="append", help="only this manipulation family (repeatable)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("train", help="train an EfficientNet-B4 on labelled data")
+    _train_arguments(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="measure a model on a dataset, or on a held-out manipulation family")
+    p.add_argument("--weights", type=Path, default=Path("weights/knee.json"), help="the model card")
+    p.add_argument("--split", choices=["test", "val", "train", "all"], default="test")
+    p.add_argument("--out", type=Path, default=Path("runs/evaluate"))
+    p.add_argument("--leave-out", metavar="FAMILY", help="train without FAMILY, then test on it")
+    _train_arguments(p)
+    p.set_defaults(func=_cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except DfnodeError as exc:
+        print(f"dfnode: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The node's configuration: one pydantic model, loaded and validated once, then passed down.
+
+Unknown keys are errors. Relative paths are relative to the config file's folder.
+`load_config` raises `ConfigError` listing every problem with its key path.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from node.errors import ConfigError
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _check_ae_title(value: str) -> str:
+    value = value.strip()
+    if not _AE_TITLE.match(value):
+        raise ValueError("an AE title is 1 to 16 printable ASCII characters, no backslash")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeSettings(_Strict):
+    """The node's own application entity."""
+
+    ae_title: str = "DFNODE"
+    bind_address: str = "0.0.0.0"
+    port: Port = 11112
+    max_associations: int = Field(10, ge=1, le=200)
+    network_timeout_seconds: float = Field(60, gt=0)
+    max_pdu_size: int = Field(0, ge=0, description="0: no limit, the fastest on receive")
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class StorageSettings(_Strict):
+    """Where the spool, the reports and the database live."""
+
+    data_dir: Path = Path("var")
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "dfnode.sqlite"
+
+
+class SecuritySettings(_Strict):
+    """Who may open associations with the node."""
+
+    require_known_peers: bool = True
+
+
+class Peer(_Strict):
+    """A remote application entity: may send studies, may receive results, or both."""
+
+    name: str = Field(min_length=1)
+    ae_title: str
+    host: str = Field(min_length=1)
+    port: Port | None = None
+    may_send: bool = True
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class ModelRef(_Strict):
+    """A model the routes may use: its card, which names the weights file."""
+
+    card: Path
+
+
+class RouteMatch(_Strict):
+    """What a series must look like for the route to take it. Every given field must match."""
+
+    modalities: list[str] = Field(default_factory=list)
+    body_parts: list[str] = Field(default_factory=list)
+    description_keywords: list[str] = Field(default_factory=list)
+    include_unknown_body_part: bool = False
+    sop_classes: list[str] = Field(default_factory=list)
+    calling_ae_titles: list[str] = Field(default_factory=list)
+
+    @field_validator("modalities", "body_parts")
+    @classmethod
+    def _upper(cls, values: list[str]) -> list[str]:
+        return [v.strip().upper() for v in values]
+
+    @field_validator("description_keywords")
+    @classmethod
+    def _lower(cls, values: list[str]) -> list[str]:
+        return [v.strip().lower() for v in values if v.strip()]
+
+    @field_validator("sop_classes")
+    @classmethod
+    def _uids(cls, values: list[str]) -> list[str]:
+        for v in values:
+            if not _UID.match(v):
+                raise ValueError(f"{v!r} is not a UID")
+        return values
+
+
+class Route(_Strict):
+    """A routing rule: series that match go to `model`, and the SR goes to `destinations`."""
+
+    name: str = Field(min_length=1)
+    match: RouteMatch = Field(default_factory=RouteMatch)
+    model: str
+    series_stable_seconds: float = Field(5.0, ge=0)
+    destinations: list[str] = Field(default_factory=list)
+
+
+class SendingSettings(_Strict):
+    """C-STORE SCU behaviour: retries with exponential backoff."""
+
+    max_attempts: int = Field(12, ge=1)
+    initial_backoff_seconds: float = Field(2.0, gt=0)
+    max_backoff_seconds: float = Field(300.0, gt=0)
+    timeout_seconds: float = Field(30.0, gt=0)
+    poll_seconds: float = Field(0.5, gt=0)
+
+
+class InferenceSettings(_Strict):
+    """How the models run."""
+
+    batch_size: int = Field(8, ge=1, le=256)
+    threads: int = Field(0, ge=0, description="torch intra-op threads; 0: all cores")
+    device: str = "cpu"
+
+
+class Config(_Strict):
+    """The whole configuration of one node."""
+
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    peers: list[Peer] = Field(default_factory=list)
+    models: dict[str, ModelRef] = Field(default_factory=dict)
+    routes: list[Route] = Field(default_factory=list)
+    sending: SendingSettings = Field(default_factory=SendingSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+
+    def peer(self, name: str) -> Peer:
+        """The peer called `name` (validated to exist for every route destination)."""
+        return next(p for p in self.peers if p.name == name)
+
+    def route(self, name: str) -> Route | None:
+        return next((r for r in self.routes if r.name == name), None)
+
+    def routed_models(self) -> dict[str, ModelRef]:
+        """The models some route uses: the node refuses to start if one cannot be loaded."""
+        used = {r.model for r in self.routes}
+        return {name: ref for name, ref in self.models.items() if name in used}
+
+
+def _cross_check(config: Config) -> list[tuple[str, str]]:
+    """Rules that span sections: names that must exist, names that must be unique."""
+    problems: list[tuple[str, str]] = []
+    peer_names = [p.name for p in config.peers]
+    for i, name in enumerate(peer_names):
+        if name in peer_names[:i]:
+            problems.append((f"peers.{i}.name", f"duplicate peer name {name!r}"))
+    route_names = [r.name for r in config.routes]
+    for i, route in enumerate(config.routes):
+        if route.name in route_names[:i]:
+            problems.append((f"routes.{i}.name", f"duplicate route name {route.name!r}"))
+        if route.model not in config.models:
+            known = ", ".join(sorted(config.models)) or "none"
+            problems.append((f"routes.{i}.model", f"unknown model {route.model!r} (models: {known})"))
+        for j, dest in enumerate(route.destinations):
+            peer = next((p for p in config.peers if p.name == dest), None)
+            if peer is None:
+                problems.append((f"routes.{i}.destinations.{j}", f"unknown peer {dest!r}"))
+            elif peer.port is None:
+                problems.append((f"routes.{i}.destinations.{j}", f"peer {dest!r} has no port to send to"))
+    if config.sending.initial_backoff_seconds > config.sending.max_backoff_seconds:
+        problems.append(("sending.initial_backoff_seconds", "is larger than max_backoff_seconds"))
+    return problems
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    def resolve(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p).resolve()
+
+    storage = config.storage.model_copy(update={"data_dir": resolve(config.storage.data_dir)})
+    models = {n: m.model_copy(update={"card": resolve(m.card)}) for n, m in config.models.items()}
+    return config.model_copy(update={"storage": storage, "models": models})
+
+
+def parse_config(raw: Any, source: str = "config", base_dir: Path | None = None) -> Config:
+    """Validate a parsed YAML document; raise `ConfigError` with every problem found."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [("(top)", "the configuration must be a mapping")])
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = [(".".join(str(p) for p in err["loc"]) or "(top)", err["msg"]) for err in exc.errors()]
+        raise ConfigError(source, problems) from None
+    problems = _cross_check(config)
+    if problems:
+        raise ConfigError(source, problems)
+    return _resolve_paths(config, base_dir or Path.cwd())
+
+
+def load_config(path: Path | str) -> Config:
+    """Read, validate and resolve a config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [("(file)", f"cannot read: {exc.strerror or exc}")]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [("(file)", f"not valid YAML: {exc}")]) from None
+    return parse_config(raw, str(path), path.resolve().parent)

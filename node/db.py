@@ -1,0 +1,140 @@
+"""The node's database (SQLite through SQLAlchemy): series, instances, reports, deliveries, audit.
+
+A series needs evaluation while `received_version > evaluated_version`; both are committed in the
+same transactions as the work they describe, so a crash at any point leaves a state that the next
+start simply continues from.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import Float, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    body_part: Mapped[str] = mapped_column(String(64), default="")
+    description: Mapped[str] = mapped_column(String(128), default="")
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    route: Mapped[str | None] = mapped_column(String(64), nullable=True)  # None: no route wants it
+    model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    first_received_at: Mapped[float] = mapped_column(Float)
+    last_received_at: Mapped[float] = mapped_column(Float, index=True)
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    received_version: Mapped[int] = mapped_column(Integer, default=0)
+    evaluated_version: Mapped[int] = mapped_column(Integer, default=0)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    verdict: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(Integer)
+    transfer_syntax: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[float] = mapped_column(Float)
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+
+
+class Report(Base):
+    """One SR written for one evaluated version of a series."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    verdict: Mapped[str] = mapped_column(String(16))
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    superseded: Mapped[bool] = mapped_column(default=False)
+
+
+class Delivery(Base):
+    """Sending one report to one destination, with its retry state."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending/sent/failed/superseded
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
+    last_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class AssociationRecord(Base):
+    """Audit: every association request, accepted or rejected and why (no patient data)."""
+
+    __tablename__ = "associations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[float] = mapped_column(Float)
+    address: Mapped[str] = mapped_column(String(64))
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    called_ae: Mapped[str] = mapped_column(String(16))
+    accepted: Mapped[bool] = mapped_column()
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class Database:
+    """The engine (one per process) and a session factory; `write_lock` serialises writers."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.engine: Engine = create_engine(f"sqlite:///{path}",
+                                            connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.write_lock = threading.RLock()
+
+    def session(self) -> Session:
+        return self.sessions()
+
+    def record_association(self, address: str, calling: str, called: str, accepted: bool, reason: str) -> None:
+        with self.write_lock, self.session() as s, s.begin():
+            s.add(AssociationRecord(at=time.time(), address=address, calling_ae=calling, called_ae=called,
+                                    accepted=accepted, reason=reason))
+
+    def series_by_uid(self, series_uid: str) -> Series | None:
+        with self.session() as s:
+            return s.scalars(select(Series).where(Series.series_uid == series_uid)).first()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged instance survives power loss
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

@@ -1,0 +1,148 @@
+"""Series completion and evaluation: stable series are scored, reported, and queued for sending.
+
+A series is due when it has a route, `received_version > evaluated_version`, and nothing has
+arrived for `series_stable_seconds`. The SR file, the report row, the deliveries and the new
+`evaluated_version` are committed together, so a crash either repeats the evaluation (with the
+same deterministic SR UID) or finds it done.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from sqlalchemy import select, update
+
+from inference.model import Classifier
+from inference.scoring import SeriesResult, score_files
+from node.config import Config
+from node.db import Database, Delivery, Instance, Report, Series
+from scp.spool import write_atomically
+from sr.report import ReportIdentity, build_report, report_uids
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    series_uid: str
+    result: SeriesResult
+    report_path: Path
+
+
+class Evaluator:
+    """Finds due series and evaluates them with the route's model."""
+
+    def __init__(self, config: Config, db: Database, classifiers: dict[str, Classifier], device_uid: str):
+        self.config = config
+        self.db = db
+        self.classifiers = classifiers
+        self.device_uid = device_uid
+
+    def due_series(self, now: float) -> list[int]:
+        with self.db.session() as s:
+            candidates = s.execute(select(Series.id, Series.route, Series.last_received_at).where(
+                Series.route.is_not(None), Series.received_version > Series.evaluated_version)).all()
+        due = []
+        for series_id, route_name, last in candidates:
+            route = self.config.route(route_name)
+            stable = route.series_stable_seconds if route else 0.0
+            if now - last >= stable:
+                due.append(series_id)
+        return due
+
+    def run_once(self) -> int:
+        """Evaluate every due series; returns how many were evaluated."""
+        done = 0
+        for series_id in self.due_series(time.time()):
+            try:
+                if self.evaluate(series_id) is not None:
+                    done += 1
+            except Exception as exc:  # one bad series must not stop the others
+                log.exception("evaluation of series id %d failed", series_id)
+                self._record_failure(series_id, f"{exc.__class__.__name__}: {exc}")
+        return done
+
+    def _record_failure(self, series_id: int, error: str) -> None:
+        with self.db.write_lock, self.db.session() as s, s.begin():
+            series = s.get(Series, series_id)
+            if series is not None:
+                series.error = error[:2000]
+                series.evaluated_version = series.received_version  # retried when more instances arrive
+
+    def evaluate(self, series_id: int) -> Outcome | None:
+        with self.db.session() as s:
+            series = s.get(Series, series_id)
+            if series is None:
+                return None
+            version = series.received_version
+            paths = [Path(p) for p in s.scalars(select(Instance.path).where(Instance.series_id == series_id)
+                                                 .order_by(Instance.received_at, Instance.id))]
+            previous = s.scalars(select(Report).where(Report.series_id == series_id)
+                                 .order_by(Report.version.desc())).first()
+        route = self.config.route(series.route or "")
+        if route is None or route.model not in self.classifiers:
+            self._record_failure(series_id, f"route {series.route!r} or its model is no longer configured")
+            return None
+        classifier = self.classifiers[route.model]
+        started = time.monotonic()
+        result = score_files(classifier, paths)
+        headers = _headers(paths)
+        sr_series_uid, sr_uid = report_uids(series.series_uid, version)
+        identity = ReportIdentity(self.device_uid, self.config.node.ae_title, "dfnode", sr_series_uid, sr_uid, version)
+        previous_ds = _read_previous(previous)
+        sr = build_report(headers, result, identity, previous_ds)
+        report_path = self.config.storage.reports_dir / f"{sr_uid}.dcm"
+        write_atomically(report_path, lambda f: sr.save_as(f, enforce_file_format=True))
+        self._commit(series_id, version, result, sr_uid, report_path, route.destinations)
+        log.info("series %s: %s (score %s, %d images, %.1fs) -> %s", series.series_uid, result.verdict.value,
+                 "-" if result.score is None else f"{result.score * 100:.1f}%", len(result.images),
+                 time.monotonic() - started, report_path.name)
+        return Outcome(series.series_uid, result, report_path)
+
+    def _commit(self, series_id: int, version: int, result: SeriesResult, sr_uid: str, path: Path,
+                destinations: list[str]) -> None:
+        now = time.time()
+        with self.db.write_lock, self.db.session() as s, s.begin():
+            series = s.get(Series, series_id)
+            assert series is not None
+            older = list(s.scalars(select(Report.id).where(Report.series_id == series_id,
+                                                           Report.superseded.is_(False))))
+            if older:
+                s.execute(update(Report).where(Report.id.in_(older)).values(superseded=True))
+                s.execute(update(Delivery).where(Delivery.report_id.in_(older), Delivery.state == "pending")
+                          .values(state="superseded"))
+            report = s.scalars(select(Report).where(Report.sop_instance_uid == sr_uid)).first()
+            if report is None:
+                report = Report(series_id=series_id, version=version, sop_instance_uid=sr_uid, path=str(path),
+                                verdict=result.verdict.value, score=result.score, created_at=now)
+                s.add(report)
+                s.flush()
+                for dest in destinations:
+                    s.add(Delivery(report_id=report.id, destination=dest, next_attempt_at=now))
+            series.evaluated_version = max(series.evaluated_version, version)
+            series.score, series.verdict, series.error = result.score, result.verdict.value, None
+
+
+def _headers(paths: list[Path]) -> list[Dataset]:
+    headers = []
+    for path in paths:
+        try:
+            headers.append(dcmread(path, stop_before_pixels=True))
+        except Exception:  # already reported as not evaluated by scoring
+            log.warning("%s: header unreadable; left out of the report's evidence", path.name)
+    return headers
+
+
+def _read_previous(previous: Report | None) -> Dataset | None:
+    if previous is None:
+        return None
+    try:
+        return dcmread(previous.path)
+    except Exception:
+        log.warning("previous report %s unreadable; the new one will not name its predecessor", previous.path)
+        return None

@@ -1,0 +1,142 @@
+"""The running node: loads the models, starts the Storage SCP, the evaluator and the deliverer.
+
+`Node` is what tests start in-process; `run_forever` is `dfnode serve`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from pydicom.uid import generate_uid
+
+from inference.model import Classifier, load_classifier
+from node.config import Config
+from node.db import Database
+from node.delivery import Deliverer
+from node.errors import ModelLoadError
+from node.evaluation import Evaluator
+from node.ingest import Ingest
+from scp.storage_scp import PeerPolicy, start_storage_scp
+
+log = logging.getLogger(__name__)
+
+
+def load_models(config: Config) -> dict[str, Classifier]:
+    """Every routed model, verified against its card; `ModelLoadError` names the file at fault."""
+    if config.inference.threads:
+        torch.set_num_threads(config.inference.threads)
+    return {name: load_classifier(ref.card, config.inference.device, config.inference.batch_size)
+            for name, ref in config.routed_models().items()}
+
+
+def check_models(config: Config) -> list[tuple[str, str]]:
+    """Problems loading the routed models, as (key path, message) like config problems."""
+    problems = []
+    for name, ref in config.routed_models().items():
+        try:
+            load_classifier(ref.card)
+        except ModelLoadError as exc:
+            problems.append((f"models.{name}.card", str(exc)))
+    return problems
+
+
+def _device_uid(data_dir: Path) -> str:
+    """The node's Device Observer UID, made once and kept with its data."""
+    path = data_dir / "device-uid"
+    if path.is_file():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    uid = generate_uid()
+    path.write_text(uid + "\n")
+    return uid
+
+
+class _Loop(threading.Thread):
+    """Runs `step` until stopped, waking early when `wake` is set."""
+
+    def __init__(self, name: str, step: Callable[[], int], wake: threading.Event, stop: threading.Event,
+                 period: float):
+        super().__init__(name=name, daemon=True)
+        self.step, self.wake, self.stop_event, self.period = step, wake, stop, period
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self.step()
+            except Exception:  # keep serving; the cause is in the log
+                log.exception("%s loop failed; continuing", self.name)
+            self.wake.wait(self.period)
+            self.wake.clear()
+
+
+class Node:
+    """One running node. `start()` returns once it listens; `stop()` shuts it down."""
+
+    def __init__(self, config: Config, classifiers: dict[str, Classifier] | None = None):
+        self.config = config
+        self.classifiers = classifiers if classifiers is not None else load_models(config)
+        self.db = Database(config.storage.database_path)
+        self.stop_event = threading.Event()
+        self.evaluate_wake = threading.Event()
+        self.deliver_wake = threading.Event()
+        self.ingest = Ingest(config, self.db, self.evaluate_wake)
+        self.evaluator = Evaluator(config, self.db, self.classifiers, _device_uid(config.storage.data_dir))
+        self.deliverer = Deliverer(config, self.db)
+        self.server = None
+        self.threads: list[_Loop] = []
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.server_address[1])
+
+    def _evaluate_step(self) -> int:
+        done = self.evaluator.run_once()
+        if done:
+            self.deliver_wake.set()
+        return done
+
+    def start(self, port: int | None = None) -> Node:
+        policy = PeerPolicy.from_config(self.config.node, self.config.peers,
+                                        self.config.security.require_known_peers)
+        self.server = start_storage_scp(self.config.node, policy, self.ingest, self.db.record_association, port)
+        self.threads = [
+            _Loop("evaluator", self._evaluate_step, self.evaluate_wake, self.stop_event, 0.5),
+            _Loop("deliverer", self.deliverer.run_once, self.deliver_wake, self.stop_event,
+                  self.config.sending.poll_seconds),
+        ]
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop accepting, let in-flight work finish its step, close the database."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+        self.stop_event.set()
+        self.evaluate_wake.set()
+        self.deliver_wake.set()
+        for thread in self.threads:
+            thread.join(timeout)
+        self.db.close()
+
+
+def run_forever(config: Config) -> int:
+    """`dfnode serve`: run until SIGINT or SIGTERM."""
+    node = Node(config).start()
+    log.info("dfnode ready: AE %s on port %d, models: %s, data under %s", config.node.ae_title, node.port,
+             ", ".join(f"{n} ({c.version})" for n, c in node.classifiers.items()) or "none",
+             config.storage.data_dir)
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
+    stopped.wait()
+    log.info("stopping")
+    node.stop()
+    return 0

@@ -1,0 +1,1 @@
+"""The DICOM network side: Storage SCP (C-ECHO, C-STORE), the sender (C-STORE SCU), peer checks."""

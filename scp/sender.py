@@ -1,0 +1,63 @@
+"""The C-STORE SCU: sends one file to one peer and says whether to retry."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+
+from scp import statuses
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """What happened: `delivered`, or not and whether a later try may succeed."""
+
+    delivered: bool
+    retryable: bool
+    status: int | None
+    detail: str
+
+    @property
+    def status_text(self) -> str:
+        return f"0x{self.status:04X}" if self.status is not None else "-"
+
+
+def send_file(path: Path, calling_ae: str, ae_title: str, host: str, port: int, timeout: float) -> SendOutcome:
+    """C-STORE `path` to the peer. Connection failures, aborts, timeouts and 0xA7xx are retryable;
+    0xA9xx and 0xCxxx (the peer refuses the object itself) are not."""
+    try:
+        ds = dcmread(path)
+    except Exception as exc:  # the report on disk is unreadable: retrying cannot help
+        return SendOutcome(False, False, None, f"cannot read {path.name}: {exc}")
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    syntax = ds.file_meta.TransferSyntaxUID
+    ae.add_requested_context(ds.SOPClassUID, list(dict.fromkeys([syntax, ExplicitVRLittleEndian,
+                                                                  ImplicitVRLittleEndian])))
+    assoc = ae.associate(host, port, ae_title=ae_title)
+    if not assoc.is_established:
+        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
+        return SendOutcome(False, True, None, f"association with {ae_title}@{host}:{port} {why}")
+    try:
+        response = assoc.send_c_store(ds)
+    except Exception as exc:  # pynetdicom raises on protocol errors; treat as transient
+        assoc.abort()
+        return SendOutcome(False, True, None, f"C-STORE failed: {exc}")
+    status = int(response.Status) if response and "Status" in response else None
+    if assoc.is_established:
+        assoc.release()
+    if status is None:
+        return SendOutcome(False, True, None, "no response (timeout or abort)")
+    if statuses.is_success(status):
+        return SendOutcome(True, False, status, "stored")
+    if statuses.is_retryable(status):
+        return SendOutcome(False, True, status, "peer out of resources")
+    return SendOutcome(False, False, status, "refused by the peer")

@@ -1,0 +1,54 @@
+"""The spool: received instances written atomically and durably, byte for byte as received."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from node.errors import SpoolError
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def is_valid_uid(value: str) -> bool:
+    """A DICOM UID: digits and dots, at most 64 characters (also keeps paths safe)."""
+    return 0 < len(value) <= 64 and bool(_UID.match(value))
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> int:
+    """Write through a temporary file, fsync it, rename it into place, fsync the folder.
+
+    Either the whole file is there afterwards or nothing is; returns the size written.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=path.parent)
+    except OSError as exc:
+        raise SpoolError(f"cannot create a file in {path.parent}: {exc.strerror or exc}") from exc
+    replaced = False
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+            size = f.tell()
+        os.replace(tmp, path)
+        replaced = True
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return size
+    except OSError as exc:
+        raise SpoolError(f"cannot write {path.name}: {exc.strerror or exc}") from exc
+    finally:
+        if not replaced:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass

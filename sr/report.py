@@ -1,0 +1,153 @@
+"""The screening report: a TID 1500 Measurement Report in a Comprehensive 3D SR (highdicom).
+
+Layout (an interface others parse; see README, "The Structured Report"):
+- one TID 1501 group per evaluated image (per frame for multi-frame images) referencing it, with
+  DFN001 "Manipulation score" (0-100 %) and DFN002 "Manipulation suspected" (SCT Yes/No);
+- one more group for the series as a whole, referencing every evaluated image;
+- observer: the node as a device; TID 4019 algorithm identification: model name and weights version;
+- Series Description "DEEPFAKE SCREEN: <verdict>", same study and patient as the source;
+- PARTIAL when some images could not be evaluated, else COMPLETE; always UNVERIFIED.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from inference.scoring import ImageResult, SeriesResult, Verdict
+
+SCHEME = "99DFNODE"
+MANIPULATION_SCORE = hd.sr.CodedConcept("DFN001", SCHEME, "Manipulation score")
+MANIPULATION_SUSPECTED = hd.sr.CodedConcept("DFN002", SCHEME, "Manipulation suspected")
+YES = hd.sr.CodedConcept("373066001", "SCT", "Yes")
+NO = hd.sr.CodedConcept("373067005", "SCT", "No")
+PERCENT = hd.sr.CodedConcept("%", "UCUM", "percent")
+SERIES_DESCRIPTION_PREFIX = "DEEPFAKE SCREEN: "
+_PROCEDURES = {
+    "CT": hd.sr.CodedConcept("77477000", "SCT", "Computerized axial tomography"),
+    "default": hd.sr.CodedConcept("168537006", "SCT", "Plain radiography"),
+}
+
+
+@dataclass(frozen=True)
+class ReportIdentity:
+    """Who writes the report and under which UIDs (deterministic, so a resend is a duplicate)."""
+
+    device_uid: str
+    device_name: str
+    manufacturer: str
+    series_uid: str
+    sop_instance_uid: str
+    instance_number: int
+    series_number: int = 9901
+
+
+def report_uids(source_series_uid: str, version: int) -> tuple[str, str]:
+    """(SR series UID, SR SOP Instance UID) for a source series and evaluation version."""
+    series = generate_uid(entropy_srcs=[source_series_uid, "dfnode-sr-series"])
+    instance = generate_uid(entropy_srcs=[source_series_uid, str(version), "dfnode-sr"])
+    return series, instance
+
+
+def _group(uid_seed: str, label: str, score: float, threshold: float, algorithm: hd.sr.AlgorithmIdentification,
+           sources: list[hd.sr.SourceImageForMeasurementGroup]) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(entropy_srcs=[uid_seed]), identifier=label),
+        algorithm_id=algorithm,
+        measurements=[hd.sr.Measurement(name=MANIPULATION_SCORE, value=round(score * 100, 2), unit=PERCENT,
+                                        algorithm_id=algorithm)],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(MANIPULATION_SUSPECTED,
+                                                             YES if score >= threshold else NO)],
+        source_images=sources,
+    )
+
+
+def _source_ref(image: Dataset, result: ImageResult) -> hd.sr.SourceImageForMeasurementGroup:
+    frames = [result.frame_number] if result.frame_number is not None else None
+    return hd.sr.SourceImageForMeasurementGroup.from_source_image(image, referenced_frame_numbers=frames)
+
+
+def build_report(sources: Sequence[Dataset], result: SeriesResult, identity: ReportIdentity,
+                 previous: Dataset | None = None) -> hd.sr.Comprehensive3DSR:
+    """The SR for one evaluated series. `sources` are the series' instances (headers suffice)."""
+    if not sources:
+        raise ValueError("SourceImageSequence: a report needs at least one source instance")
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    algorithm = hd.sr.AlgorithmIdentification(name=result.model_name, version=result.model_version)
+    groups = []
+    evaluated = [r for r in result.evaluated if r.sop_instance_uid in by_uid]
+    for n, image_result in enumerate(evaluated, start=1):
+        label = f"image {n}" + (f" frame {image_result.frame_number}" if image_result.frame_number else "")
+        ref = _source_ref(by_uid[image_result.sop_instance_uid], image_result)
+        groups.append(_group(f"{identity.sop_instance_uid}-{n}", label, image_result.score or 0.0,
+                             result.threshold, algorithm, [ref]))
+    if evaluated and result.score is not None:
+        refs = [_source_ref(by_uid[r.sop_instance_uid], r) for r in evaluated]
+        groups.append(_group(f"{identity.sop_instance_uid}-series", "series", result.score, result.threshold,
+                             algorithm, refs))
+    if not groups:
+        groups = _not_evaluated_groups(result, by_uid, identity)
+    first = sources[0]
+    device = hd.sr.DeviceObserverIdentifyingAttributes(uid=identity.device_uid, name=identity.device_name,
+                                                       manufacturer_name=identity.manufacturer,
+                                                       model_name="dfnode")
+    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device, observer_identifying_attributes=device))
+    procedure = _PROCEDURES.get(str(first.get("Modality", "")), _PROCEDURES["default"])
+    content = hd.sr.MeasurementReport(observation_context=context, procedure_reported=procedure,
+                                      imaging_measurements=groups or None)
+    not_evaluated = any(r.score is None for r in result.images)
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=list(sources), content=content, series_instance_uid=identity.series_uid,
+        series_number=identity.series_number, sop_instance_uid=identity.sop_instance_uid,
+        instance_number=identity.instance_number, manufacturer=identity.manufacturer,
+        is_complete=not not_evaluated and result.verdict is not Verdict.NOT_EVALUATED, is_final=False,
+        is_verified=False, previous_versions=[previous] if previous is not None else None,
+        series_description=series_description(result.verdict),
+    )
+    _copy_deidentification(first, sr)
+    if not_evaluated:
+        sr.CompletionFlagDescription = _not_evaluated_summary(result)[:64]  # LO
+    return sr
+
+
+def _not_evaluated_summary(result: SeriesResult) -> str:
+    skipped = [r for r in result.images if r.score is None]
+    reasons = sorted({r.reason or "unknown reason" for r in skipped})
+    return f"{len(skipped)}/{len(result.images)} not evaluated: " + "; ".join(reasons)
+
+
+def _not_evaluated_groups(result: SeriesResult, by_uid: dict[str, Dataset], identity: ReportIdentity
+                          ) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """When nothing could be evaluated: a group per image naming it and the reason, with no score."""
+    groups = []
+    for n, r in enumerate((r for r in result.images if r.sop_instance_uid in by_uid), start=1):
+        label = f"image {n} not evaluated: {r.reason or 'unknown reason'}"[:64]
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=generate_uid(entropy_srcs=[identity.sop_instance_uid, str(n)]), identifier=label),
+            source_images=[_source_ref(by_uid[r.sop_instance_uid], r)]))
+    if not groups:
+        raise ValueError("ContentSequence: no image of the series can be referenced")
+    return groups
+
+
+def _copy_deidentification(source: Dataset, sr: Dataset) -> None:
+    """PatientIdentityRemoved YES requires a method (Type 1C); a source that omits it gets a plain one."""
+    if str(source.get("PatientIdentityRemoved", "")).upper() != "YES":
+        return
+    sr.PatientIdentityRemoved = "YES"
+    for keyword in ("DeidentificationMethod", "DeidentificationMethodCodeSequence"):
+        if keyword in source:
+            setattr(sr, keyword, source[keyword].value)
+    if "DeidentificationMethod" not in sr and "DeidentificationMethodCodeSequence" not in sr:
+        sr.DeidentificationMethod = "SOURCE DE-IDENTIFIED; METHOD NOT STATED"
+
+
+def series_description(verdict: Verdict) -> str:
+    return SERIES_DESCRIPTION_PREFIX + verdict.value

@@ -1,0 +1,85 @@
+"""Shared fixtures: tiny random-weight models, configs on temporary folders, a running node."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from inference.model import build_network
+from inference.model_card import CardPreprocessing, ModelCard, write_card
+from inference.weights import save_weights
+from node.config import Config, parse_config
+from node.service import Node
+from tests.helpers import Receiver
+
+TEST_INPUT_SIZE = 64
+
+
+def write_test_model(folder: Path, name: str, kind: str, threshold: float = 0.5, seed: int = 0) -> Path:
+    """A real EfficientNet-B4 with random weights and a valid card: the node cannot tell it apart."""
+    torch.manual_seed(seed)
+    network = build_network(TEST_INPUT_SIZE)
+    weights = save_weights(network.state_dict(), folder, name)
+    card = ModelCard(name=name, input_size=TEST_INPUT_SIZE, preprocessing=CardPreprocessing(kind=kind),  # type: ignore[arg-type]
+                     threshold=threshold, weights=weights, training={"data": "random initialisation (tests)"})
+    path = folder / f"{name}.json"
+    write_card(card, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("weights")
+    write_test_model(folder, "knee", "xray")
+    write_test_model(folder, "lung", "ct")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def classifiers(model_dir: Path):
+    from inference.model import load_classifier
+
+    return {name: load_classifier(model_dir / f"{name}.json") for name in ("knee", "lung")}
+
+
+def node_config(data_dir: Path, model_dir: Path, receiver_port: int = 11113, **overrides) -> Config:
+    """The shipped config's shape, on temporary folders, with short stable times and backoff."""
+    raw = {
+        "node": {"ae_title": "DFNODE", "bind_address": "127.0.0.1", "port": 11112},
+        "storage": {"data_dir": str(data_dir)},
+        "peers": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": receiver_port}],
+        "models": {"knee": {"card": str(model_dir / "knee.json")}, "lung": {"card": str(model_dir / "lung.json")}},
+        "routes": [
+            {"name": "knee-radiograph", "model": "knee", "series_stable_seconds": 0.5, "destinations": ["pacs"],
+             "match": {"modalities": ["CR", "DX", "DR"], "body_parts": ["KNEE", "LEG", "EXTREMITY"],
+                       "description_keywords": ["knee"], "include_unknown_body_part": True}},
+            {"name": "lung-ct", "model": "lung", "series_stable_seconds": 1.0, "destinations": ["pacs"],
+             "match": {"modalities": ["CT"], "body_parts": ["CHEST", "LUNG", "THORAX"],
+                       "description_keywords": ["chest", "lung"], "include_unknown_body_part": True}},
+        ],
+        "sending": {"initial_backoff_seconds": 0.2, "max_backoff_seconds": 1.0, "timeout_seconds": 10,
+                    "poll_seconds": 0.1},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            raw[section] = {**raw.get(section, {}), **values}
+        else:
+            raw[section] = values
+    return parse_config(raw, "test-config")
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver().start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def running_node(tmp_path: Path, model_dir: Path, receiver: Receiver, classifiers) -> Iterator[Node]:
+    node = Node(node_config(tmp_path / "var", model_dir, receiver.port), classifiers).start(port=0)
+    yield node
+    node.stop()
