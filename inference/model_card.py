@@ -26,6 +26,7 @@ class CardPreprocessing(BaseModel):
     resize: str = "aspect-preserving, zero-padded to a square"
     normalization_mean: float = 0.5
     normalization_std: float = 0.25
+    residual_channel: bool = False  # a second input channel: the noise residual (inference.model)
 
 
 class CardWeights(BaseModel):

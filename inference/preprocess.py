@@ -150,9 +150,8 @@ def prepare_dataset(ds: Dataset, prep: Preprocessing) -> list[PreparedFrame]:
 def png_in_modality_units(path: Path, kind: Literal["xray", "ct"]) -> np.ndarray:
     """A greyscale PNG (8 or 16 bit) as modality values; CT PNGs hold HU + CT_PNG_OFFSET."""
     with Image.open(path) as img:
-        if img.mode not in ("I;16", "I;16B", "I", "L"):
-            img = img.convert("L")
-        values = np.asarray(img, dtype=np.float32)
+        grey = img if img.mode in ("I;16", "I;16B", "I", "L") else img.convert("L")
+        values = np.asarray(grey, dtype=np.float32)
     if values.ndim != 2:
         raise NotEvaluable(f"{path.name}: not a greyscale image")
     return values - CT_PNG_OFFSET if kind == "ct" else values

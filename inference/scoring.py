@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from pydicom import dcmread
@@ -14,7 +14,7 @@ from inference.preprocess import prepare_dataset
 from node.errors import NotEvaluable
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     SUSPECTED = "SUSPECTED"
     NOT_SUSPECTED = "NOT SUSPECTED"
     NOT_EVALUATED = "NOT EVALUATED"

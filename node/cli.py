@@ -82,7 +82,7 @@ def _train_spec(args: argparse.Namespace):
         input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         patience=args.patience, seed=args.seed, max_minutes=args.max_minutes, device=args.device,
         workers=args.workers, exclude_families=tuple(args.exclude or ()), aggregation=args.aggregation,
-        resume=not args.no_resume, command="dfnode " + shlex.join(sys.argv[1:]),
+        resume=not args.no_resume, command="dfnode " + shlex.join(args.argv),
         data_description=args.data_description or "")
 
 
@@ -116,7 +116,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=int, default=380)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--patience", type=int, default=5, help="epochs without a better validation AUC")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-minutes", type=float, help="stop after this long, keeping the best checkpoint")
@@ -178,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

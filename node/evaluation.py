@@ -49,7 +49,7 @@ class Evaluator:
                 Series.route.is_not(None), Series.received_version > Series.evaluated_version)).all()
         due = []
         for series_id, route_name, last in candidates:
-            route = self.config.route(route_name)
+            route = self.config.route(route_name or "")
             stable = route.series_stable_seconds if route else 0.0
             if now - last >= stable:
                 due.append(series_id)
@@ -129,7 +129,7 @@ class Evaluator:
 
 
 def _headers(paths: list[Path]) -> list[Dataset]:
-    headers = []
+    headers: list[Dataset] = []
     for path in paths:
         try:
             headers.append(dcmread(path, stop_before_pixels=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
@@ -39,7 +40,8 @@ def _rows_for(path: Path, models: _Models, model: str | None) -> list[list[str]]
                 return [[path.name, "-", "-", "-", "-", "not evaluated: --model is needed for PNG/JPEG"]]
             classifier = models.get(model)
             prep = classifier.card.preprocessing_spec()
-            images = [(None, prepare_values(png_in_modality_units(path, prep.kind), prep))]
+            values = png_in_modality_units(path, prep.kind)
+            images: list[tuple[int | None, np.ndarray]] = [(None, prepare_values(values, prep))]
         else:
             ds = dcmread(path)
             name = model

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from pydicom.uid import generate_uid
+from pynetdicom.transport import ThreadedAssociationServer
 
 from inference.model import Classifier, load_classifier
 from node.config import Config
@@ -87,7 +88,7 @@ class Node:
         self.ingest = Ingest(config, self.db, self.evaluate_wake)
         self.evaluator = Evaluator(config, self.db, self.classifiers, _device_uid(config.storage.data_dir))
         self.deliverer = Deliverer(config, self.db)
-        self.server = None
+        self.server: ThreadedAssociationServer | None = None
         self.threads: list[_Loop] = []
 
     @property

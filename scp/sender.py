@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,11 @@ class SendOutcome:
 def send_file(path: Path, calling_ae: str, ae_title: str, host: str, port: int, timeout: float) -> SendOutcome:
     """C-STORE `path` to the peer. Connection failures, aborts, timeouts and 0xA7xx are retryable;
     0xA9xx and 0xCxxx (the peer refuses the object itself) are not."""
+    try:
+        # a plain connect first: a peer that is down costs no association (and no leaked socket)
+        socket.create_connection((host, port), timeout=min(timeout, 10)).close()
+    except OSError as exc:
+        return SendOutcome(False, True, None, f"cannot connect to {ae_title}@{host}:{port}: {exc.strerror or exc}")
     try:
         ds = dcmread(path)
     except Exception as exc:  # the report on disk is unreadable: retrying cannot help

@@ -11,11 +11,12 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -81,7 +82,7 @@ class PeerPolicy:
 def _addresses(host: str) -> set[str]:
     """The IP addresses a configured host name stands for (resolved once, at start-up)."""
     try:
-        return {info[4][0] for info in socket.getaddrinfo(host, None)} | {host}
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, None)} | {host}
     except OSError:
         log.warning("peer host %s does not resolve; only the literal name will match", host)
         return {host}
@@ -90,6 +91,7 @@ def _addresses(host: str) -> set[str]:
 def _handle_requested(event: evt.Event, policy: PeerPolicy, audit: AuditFn) -> None:
     """Check the called AE title, the calling AE title and the address before anything else."""
     rq = event.assoc.requestor.primitive
+    assert rq is not None  # EVT_REQUESTED fires with the A-ASSOCIATE request in hand
     calling = rq.calling_ae_title.strip()
     called = rq.called_ae_title.strip()
     address = event.assoc.requestor.address
@@ -103,6 +105,7 @@ def _handle_requested(event: evt.Event, policy: PeerPolicy, audit: AuditFn) -> N
         log.warning("association rejected: %s (calling %r, called %r, from %s)", verdict[1], calling, called,
                     address)
         event.assoc.acse.send_reject(*verdict[0])
+        event.assoc.kill()  # returns once the A-ASSOCIATE-RJ is on the wire
     else:
         log.info("association accepted: calling %r, called %r, from %s", calling, called, address)
 
@@ -122,7 +125,7 @@ def _part10_writer(file_meta: FileMetaDataset, dataset_bytes: bytes) -> Callable
 
 def _checked_instance(event: evt.Event) -> ReceivedInstance | tuple[int, str]:
     """The request as a `ReceivedInstance`, or (failure status, reason)."""
-    request = event.request
+    request = cast(C_STORE, event.request)
     try:
         header = event.dataset
         study_uid = str(header.get("StudyInstanceUID", ""))
@@ -139,7 +142,7 @@ def _checked_instance(event: evt.Event) -> ReceivedInstance | tuple[int, str]:
         return statuses.CANNOT_UNDERSTAND, "SOPInstanceUID differs from the C-STORE request's"
     if sop_class != str(request.AffectedSOPClassUID):
         return statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPClassUID differs from the C-STORE request's"
-    raw = request.DataSet.getvalue() if hasattr(request.DataSet, "getvalue") else bytes(request.DataSet)
+    raw = request.DataSet.getvalue() if request.DataSet is not None else b""
     return ReceivedInstance(sop_class, sop_uid, study_uid, series_uid, str(event.context.transfer_syntax),
                             event.assoc.requestor.ae_title.strip(), header, _part10_writer(event.file_meta, raw))
 
@@ -174,7 +177,7 @@ def build_ae(node: NodeSettings) -> AE:
     ae.dimse_timeout = node.network_timeout_seconds
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
     return ae
 
 
@@ -182,12 +185,13 @@ def start_storage_scp(node: NodeSettings, policy: PeerPolicy, sink: InstanceSink
                       port: int | None = None) -> ThreadedAssociationServer:
     """Start listening in the background; `server.shutdown()` stops it."""
     ae = build_ae(node)
-    handlers = [
+    handlers: list[Any] = [
         (evt.EVT_REQUESTED, _handle_requested, [policy, audit]),
         (evt.EVT_C_ECHO, _handle_echo),
         (evt.EVT_C_STORE, _handle_store, [sink]),
     ]
     address = (node.bind_address, node.port if port is None else port)
     server = ae.start_server(address, block=False, evt_handlers=handlers)
+    assert server is not None  # non-blocking start returns the server
     log.info("%s listening on %s:%d", node.ae_title, *server.server_address[:2])
     return server

@@ -13,7 +13,7 @@ from inference.model_card import CardPreprocessing, ModelCard, write_card
 from inference.weights import save_weights
 from node.config import Config, parse_config
 from node.service import Node
-from tests.helpers import Receiver
+from tests.helpers import Receiver, dciodvfy_errors
 
 TEST_INPUT_SIZE = 64
 
@@ -21,9 +21,10 @@ TEST_INPUT_SIZE = 64
 def write_test_model(folder: Path, name: str, kind: str, threshold: float = 0.5, seed: int = 0) -> Path:
     """A real EfficientNet-B4 with random weights and a valid card: the node cannot tell it apart."""
     torch.manual_seed(seed)
-    network = build_network(TEST_INPUT_SIZE)
+    network = build_network(TEST_INPUT_SIZE, in_chans=2)
     weights = save_weights(network.state_dict(), folder, name)
-    card = ModelCard(name=name, input_size=TEST_INPUT_SIZE, preprocessing=CardPreprocessing(kind=kind),  # type: ignore[arg-type]
+    card = ModelCard(name=name, input_size=TEST_INPUT_SIZE, in_chans=2,
+                     preprocessing=CardPreprocessing(kind=kind, residual_channel=True),  # type: ignore[arg-type]
                      threshold=threshold, weights=weights, training={"data": "random initialisation (tests)"})
     path = folder / f"{name}.json"
     write_card(card, path)
@@ -72,10 +73,15 @@ def node_config(data_dir: Path, model_dir: Path, receiver_port: int = 11113, **o
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    """The PACS's receiving side; every SR it got must pass dciodvfy without errors."""
     r = Receiver().start()
     yield r
     r.stop()
+    for n, sr in enumerate(r.reports()):
+        path = tmp_path / f"received-sr-{n}.dcm"
+        sr.save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == [], path
 
 
 @pytest.fixture

@@ -47,6 +47,15 @@ def require_tool(name: str) -> str:
     return path
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on (for a destination that is down until the test starts it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.1) -> object:
     """Poll until `predicate()` is truthy; fail with a clear message at the deadline."""
     deadline = time.monotonic() + timeout
@@ -71,7 +80,8 @@ def ct_series(folder: Path, slices: int = 60, size: int = 128, seed: int = 0, bo
         ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
-        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Phantom^Lung", "PH-LUNG-1", "19700101", "O"
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
         ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "120000", "1", "ACC1"

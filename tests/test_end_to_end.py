@@ -10,7 +10,17 @@ from sqlalchemy import select
 
 from node.db import Instance, Series
 from node.service import Node
-from tests.helpers import Receiver, ct_series, dciodvfy_errors, copy_with_new_uids, echo, real_file, send, wait_for
+from node.status import status_report
+from tests.helpers import (
+    Receiver,
+    copy_with_new_uids,
+    ct_series,
+    dciodvfy_errors,
+    echo,
+    real_file,
+    send,
+    wait_for,
+)
 
 SCORE = ("DFN001", "99DFNODE", "Manipulation score")
 SUSPECTED = ("DFN002", "99DFNODE", "Manipulation suspected")
@@ -96,6 +106,10 @@ def test_echo_and_knee_radiograph_round_trip(running_node: Node, receiver: Recei
     sr = wait_for(lambda: receiver.reports(), timeout=60)[0]
     check_report(sr, files, tmp_path)
     assert len(_groups(sr)) == 2
+    table = wait_for(lambda: "1 sent" in (t := status_report(running_node.config)) and t, timeout=10)
+    row = next(line for line in str(table).splitlines() if "knee-radiograph" in line)
+    verdict = sr.SeriesDescription.removeprefix("DEEPFAKE SCREEN: ")
+    assert "evaluated" in row and verdict in row and "CR" in row
 
 
 def test_compressed_radiograph_is_evaluated(running_node: Node, receiver: Receiver, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from inference.model import load_classifier
 from inference.training.datasets import load_samples
-from inference.training.evaluation import Scorer, benign_scores, evaluate_scores, score_samples
+from inference.training.evaluation import benign_scores, evaluate_scores, score_samples, scorer_for
 from inference.training.plots import plot_confusion, plot_roc
 from inference.training.splits import grouped_split
 from inference.training.train import TrainSpec, train
@@ -26,9 +26,7 @@ def evaluate_model(card_path: Path, data: Path, split: str, out_dir: Path, seed:
         split_seed = seed if seed is not None else int(card.training.get("spec", {}).get("seed", 0))
         excluded = set(card.training.get("excluded_families", []))
         samples = grouped_split([s for s in samples if s.manipulation not in excluded], split_seed)[split]
-    p = card.preprocessing
-    scorer = Scorer(classifier.network, card.preprocessing_spec(), p.normalization_mean, p.normalization_std,
-                    classifier.device, batch_size=32)
+    scorer = scorer_for(classifier)
     scores = score_samples(scorer, samples, desc=f"evaluate {card.name}", progress=progress)
     benign_seed = int(card.training.get("spec", {}).get("seed", 0)) + 2
     benign = benign_scores(scorer, [s for s in samples if s.label == 0], benign_seed, progress)
@@ -46,9 +44,7 @@ def leave_one_family_out(base: TrainSpec, family: str, out_dir: Path) -> dict:
     classifier = load_classifier(out_dir / f"{spec.model_name}.json")
     samples = grouped_split(load_samples(base.data), base.seed)["test"]
     held_out = [s for s in samples if s.label == 0 or s.manipulation == family]
-    p = classifier.card.preprocessing
-    scorer = Scorer(classifier.network, classifier.card.preprocessing_spec(), p.normalization_mean,
-                    p.normalization_std, classifier.device, batch_size=32)
+    scorer = scorer_for(classifier)
     scores = score_samples(scorer, held_out, desc=f"held-out {family}", progress=base.progress)
     report = evaluate_scores(held_out, scores, classifier.card.threshold, {})
     report.update({"held_out_family": family, "model": spec.model_name})

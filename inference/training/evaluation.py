@@ -4,12 +4,13 @@ family, and false positives on pristine images after benign processing."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from inference.model import to_batch
+from inference.model import Classifier, to_batch
 from inference.preprocess import Preprocessing, fit_to_square, to_unit_range
 from inference.training.augment import BENIGN, benign_degrade
 from inference.training.datasets import Sample, load_values
@@ -26,6 +27,14 @@ class Scorer:
     std: float
     device: torch.device
     batch_size: int = 16
+    residual: bool = False
+
+
+def scorer_for(classifier: Classifier, batch_size: int = 32) -> Scorer:
+    """A scorer that feeds a loaded model exactly as its card says."""
+    p = classifier.card.preprocessing
+    return Scorer(classifier.network, classifier.card.preprocessing_spec(), p.normalization_mean,
+                  p.normalization_std, classifier.device, batch_size, p.residual_channel)
 
 
 def prepare_sample(sample: Sample, prep: Preprocessing) -> np.ndarray:
@@ -48,7 +57,7 @@ def score_samples(scorer: Scorer, samples: list[Sample], degrade: str | None = N
                 if degrade is not None:
                     image = benign_degrade(np.random.default_rng([seed, start + i]), image, degrade)
                 images.append(fit_to_square(image, scorer.prep.input_size))
-            batch = to_batch(images, scorer.mean, scorer.std).to(scorer.device)
+            batch = to_batch(images, scorer.mean, scorer.std, scorer.residual).to(scorer.device)
             out.append(torch.sigmoid(scorer.network(batch).float().reshape(-1)).cpu().numpy())
             bar.update(len(images))
     bar.close()
@@ -64,7 +73,7 @@ def evaluate_scores(samples: list[Sample], scores: np.ndarray, threshold: float,
                     benign: dict[str, np.ndarray]) -> dict:
     """The full report for scored samples."""
     labels = np.array([s.label for s in samples])
-    report = {"images": len(samples), "manipulated": int(labels.sum()), "threshold": threshold,
+    report: dict[str, Any] = {"images": len(samples), "manipulated": int(labels.sum()), "threshold": threshold,
               "roc_auc": roc_auc(labels, scores), **at_threshold(labels, scores, threshold)}
     pristine = labels == 0
     families = sorted({s.manipulation for s in samples if s.label == 1})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -25,7 +27,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(np.trapezoid(tpr, fpr))
 
 
-def at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+def at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
     """Accuracy, precision, recall, F1 and the confusion matrix at a decision threshold."""
     labels = np.asarray(labels).astype(int)
     predicted = (np.asarray(scores) >= threshold).astype(int)

@@ -150,7 +150,7 @@ def lung_ct_slice(rng: np.random.Generator, size: int = 320, nodules: int | None
     # spine and ribs
     spine = _ellipse(x, y, 0, body_ry * 0.75, rng.uniform(0.09, 0.12), rng.uniform(0.08, 0.11))
     hu = np.where(spine < 0, 300 + 400 * _smooth_step(-spine - 0.5, 0.2) + 60 * _texture(rng, size, 1), hu)
-    for k in range(rng.integers(4, 9)):
+    for _ in range(rng.integers(4, 9)):
         angle = rng.uniform(0, 2 * np.pi)
         rx, ry = (body_rx - fat_thick * 0.6) * np.cos(angle), (body_ry - fat_thick * 0.6) * np.sin(angle) + 0.05
         hu = np.where(_ellipse(x, y, rx, ry, 0.035, 0.03) < 0, rng.uniform(500, 900), hu)

@@ -38,6 +38,8 @@ def _package_file(package: str, relative: str) -> Path | None:
         module = __import__(package, fromlist=["__file__"])
     except ImportError:
         return None
+    if module.__file__ is None:
+        return None
     base = Path(module.__file__).parent
     for candidate in (base / "data" / relative, base / relative):
         if candidate.is_file():

@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,13 @@ from inference.model_card import CardPreprocessing, ModelCard, write_card
 from inference.preprocess import Preprocessing, fit_to_square
 from inference.training.augment import augment
 from inference.training.datasets import Sample, load_samples
-from inference.training.evaluation import Scorer, benign_scores, evaluate_scores, prepare_sample, score_samples
+from inference.training.evaluation import (
+    Scorer,
+    benign_scores,
+    evaluate_scores,
+    prepare_sample,
+    score_samples,
+)
 from inference.training.metrics import roc_auc, threshold_for_fpr
 from inference.training.plots import plot_confusion, plot_roc
 from inference.training.splits import grouped_split
@@ -44,7 +51,7 @@ class TrainSpec:
     input_size: int = 160
     epochs: int = 30
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 3e-4
     weight_decay: float = 1e-2
     patience: int = 5
     seed: int = 0
@@ -54,6 +61,7 @@ class TrainSpec:
     exclude_families: tuple[str, ...] = ()
     max_benign_fpr: float = 0.02
     aggregation: str = "max"
+    residual: bool = True  # the noise-residual input channel (inference.model.noise_residual)
     resume: bool = True
     progress: bool = True
     command: str = ""
@@ -79,8 +87,38 @@ class _TrainImages(torch.utils.data.Dataset):
         return fit_to_square(image, self.prep.input_size), float(sample.label)
 
 
-def _collate(batch: list[tuple[np.ndarray, float]]) -> tuple[torch.Tensor, torch.Tensor]:
-    return to_batch([b[0] for b in batch], MEAN, STD), torch.tensor([b[1] for b in batch])
+class PairedBatches(torch.utils.data.Sampler[list[int]]):
+    """Batches that keep twins together: consecutive samples of one group (a synth manifest's pristine
+    image and its manipulated copy) land in the same batch, so the batch itself shows what changed."""
+
+    def __init__(self, samples: list[Sample], batch_size: int, seed: int):
+        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
+        self.units: list[list[int]] = []
+        for i, sample in enumerate(samples):
+            unit = self.units[-1] if self.units else None
+            if unit is not None and len(unit) < 2 and samples[unit[0]].group == sample.group:
+                unit.append(i)
+            else:
+                self.units.append([i])
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.units))
+        flat = [i for u in order for i in self.units[u]]
+        for start in range(0, len(flat) - self.batch_size + 1, self.batch_size):
+            yield flat[start:start + self.batch_size]
+
+    def __len__(self) -> int:
+        return sum(len(u) for u in self.units) // self.batch_size
+
+
+class _Collate:
+    """Batches as the node builds them (a class, so data-loading processes can pickle it)."""
+
+    def __init__(self, residual: bool):
+        self.residual = residual
+
+    def __call__(self, batch: list[tuple[np.ndarray, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+        return to_batch([b[0] for b in batch], MEAN, STD, self.residual), torch.tensor([b[1] for b in batch])
 
 
 def _device(name: str) -> torch.device:
@@ -102,19 +140,20 @@ def train(spec: TrainSpec) -> dict:
     splits = select_samples(spec)
     prep = spec.preprocessing()
     spec.run_dir.mkdir(parents=True, exist_ok=True)
-    network = build_network(spec.input_size).to(device).to(memory_format=torch.channels_last)
+    network = build_network(spec.input_size, in_chans=2 if spec.residual else 1)
+    network = network.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(network.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     dataset = _TrainImages(splits["train"], prep, spec.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=spec.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=spec.workers, collate_fn=_collate,
-                                         generator=torch.Generator().manual_seed(spec.seed))
+    batches = PairedBatches(splits["train"], spec.batch_size, spec.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=spec.workers,
+                                         collate_fn=_Collate(spec.residual))
     total_steps = max(1, spec.epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(step / total_steps, 1))))
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    scorer = Scorer(network, prep, MEAN, STD, device, batch_size=spec.batch_size * 2)
-    state = {"epoch": 0, "best_auc": -1.0, "stale": 0, "history": []}
+    scorer = Scorer(network, prep, MEAN, STD, device, spec.batch_size * 2, spec.residual)
+    state: dict[str, Any] = {"epoch": 0, "best_auc": -1.0, "stale": 0, "history": []}
     last = spec.run_dir / "last.pt"
     if spec.resume and last.is_file():
         checkpoint = torch.load(last, map_location=device, weights_only=False)
@@ -125,7 +164,7 @@ def train(spec: TrainSpec) -> dict:
     started = time.monotonic()
     val_labels = np.array([s.label for s in splits["val"]])
     while state["epoch"] < spec.epochs and state["stale"] < spec.patience:
-        dataset.epoch = state["epoch"]
+        dataset.epoch = batches.epoch = state["epoch"]
         network.train()
         bar = tqdm(loader, desc=f"{spec.model_name} epoch {state['epoch'] + 1}/{spec.epochs}",
                    disable=not spec.progress)
@@ -179,11 +218,12 @@ def _finish(spec: TrainSpec, network: torch.nn.Module, scorer: Scorer, splits: d
     report["epochs_run"] = state["epoch"]
     weights = save_weights(network.state_dict(), spec.weights_dir, spec.model_name)
     card = ModelCard(
-        name=spec.model_name, input_size=spec.input_size,
-        preprocessing=CardPreprocessing(kind=spec.kind, normalization_mean=MEAN, normalization_std=STD),  # type: ignore[arg-type]
+        name=spec.model_name, input_size=spec.input_size, in_chans=2 if spec.residual else 1,
+        preprocessing=CardPreprocessing(kind=spec.kind, normalization_mean=MEAN, normalization_std=STD,  # type: ignore[arg-type]
+                                        residual_channel=spec.residual),
         threshold=threshold, series_aggregation=spec.aggregation, weights=weights,  # type: ignore[arg-type]
         training={"command": spec.command, "data": spec.data_description or str(spec.data),
-                  "split": "60/20/20 grouped by source, seed %d" % spec.seed,
+                  "split": f"60/20/20 grouped by source, seed {spec.seed}",
                   "excluded_families": list(spec.exclude_families),
                   "spec": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(spec).items()
                            if k not in ("command", "data_description", "progress")},

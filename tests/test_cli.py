@@ -1,0 +1,48 @@
+"""The console command: every subcommand has help; predict prints a table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from node.cli import main
+from tests.conftest import node_config
+from tests.helpers import real_file
+
+SUBCOMMANDS = ["serve", "check-config", "status", "predict", "train", "synth", "evaluate"]
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help(command: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "node.cli", command, "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0
+    assert "usage: dfnode" in result.stdout
+
+
+def test_predict_scores_dicom_and_png(tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    config = node_config(tmp_path / "var", model_dir)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    png = tmp_path / "knee.png"
+    Image.fromarray((np.random.default_rng(0).random((100, 80)) * 4000).astype(np.uint16)).save(png)
+    colour = real_file("SC_rgb.dcm")
+    args = ["predict", "--config", str(path), str(real_file("RG3_UNCR.dcm")), str(real_file("eCT_Supplemental.dcm")),
+            str(colour)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["file", "model", "frame"]
+    rg3 = next(line for line in lines if line.startswith("RG3_UNCR.dcm"))
+    assert " knee " in rg3 and "%" in rg3
+    assert sum(line.startswith("eCT_Supplemental.dcm") for line in lines) == 2  # one row per frame
+    assert "not evaluated" in next(line for line in lines if line.startswith("SC_rgb.dcm"))
+    assert main(["predict", "--config", str(path), "--model", "knee", str(png)]) == 0
+    assert "knee.png" in capsys.readouterr().out

@@ -1,0 +1,70 @@
+"""The configuration: the shipped file runs as is; every problem is reported with its key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from node.cli import main
+from node.config import load_config
+from node.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_config_is_valid_and_matches_the_design() -> None:
+    config = load_config(REPO / "config.yaml")
+    assert config.node.ae_title == "DFNODE" and config.node.port == 11112
+    assert config.storage.data_dir == REPO / "var"
+    assert config.security.require_known_peers
+    pacs = config.peer("pacs")
+    assert (pacs.ae_title, pacs.host, pacs.port) == ("PACS", "127.0.0.1", 11113)
+    assert set(config.routed_models()) == {"knee", "lung"}
+    assert config.models["knee"].card == REPO / "weights" / "knee.json"
+
+
+def _write(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_every_problem_is_reported_with_its_key_path(tmp_path: Path) -> None:
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    raw["node"]["port"] = 70000
+    raw["node"]["colour"] = "blue"
+    raw["routes"][0]["model"] = "elbow"
+    raw["routes"][1]["destinations"] = ["nowhere"]
+    raw["peers"][0]["ae_title"] = "A" * 17
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, raw))
+    paths = {p for p, _ in info.value.problems}
+    assert {"node.port", "node.colour", "peers.0.ae_title"} <= paths
+    # cross-section problems are found once the sections themselves are valid
+    raw["node"]["port"], raw["peers"][0]["ae_title"] = 11112, "PACS"
+    del raw["node"]["colour"]
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, raw))
+    assert {p for p, _ in info.value.problems} == {"routes.0.model", "routes.1.destinations.0"}
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, {"storage": {"data_dir": "data"}, "models": {"m": {"card": "w/m.json"}}}))
+    assert config.storage.data_dir == tmp_path / "data"
+    assert config.models["m"].card == tmp_path / "w" / "m.json"
+
+
+def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = _write(tmp_path, {"node": {"port": "eleven"}, "routes": [{"name": "r", "model": "x"}]})
+    assert main(["check-config", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "node.port" in err and "invalid configuration" in err
+    assert main(["check-config", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_check_config_accepts_the_shipped_config_with_its_weights(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--config", str(REPO / "config.yaml")]) == 0
+    assert "OK" in capsys.readouterr().out

@@ -1,0 +1,75 @@
+"""Sending the SR: retries with backoff while the destination is away; no retry when it refuses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import select
+
+from node.config import SendingSettings
+from node.db import Delivery
+from node.delivery import backoff_seconds
+from node.service import Node
+from tests.conftest import node_config
+from tests.helpers import Receiver, copy_with_new_uids, free_port, real_file, send, wait_for
+
+
+def _deliveries(node: Node) -> list[Delivery]:
+    with node.db.session() as s:
+        return list(s.scalars(select(Delivery)))
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    sending = SendingSettings(initial_backoff_seconds=2, max_backoff_seconds=30)
+    assert [backoff_seconds(n, sending) for n in range(1, 7)] == [2, 4, 8, 16, 30, 30]
+
+
+def test_report_arrives_once_the_destination_comes_back(tmp_path: Path, model_dir: Path, classifiers) -> None:
+    port = free_port()
+    node = Node(node_config(tmp_path / "var", model_dir, port), classifiers).start(port=0)
+    receiver = Receiver()
+    try:
+        files = [copy_with_new_uids(real_file("RG3_UNCR.dcm"), tmp_path / "in")]
+        assert send(files, node.port) == [0x0000]
+        wait_for(lambda: any(d.attempts >= 2 for d in _deliveries(node)), timeout=60)
+        assert _deliveries(node)[0].state == "pending"
+        receiver.start(port)
+        sr = wait_for(lambda: receiver.reports(), timeout=60)[0]
+        assert sr.SeriesDescription.startswith("DEEPFAKE SCREEN: ")
+        delivery = wait_for(lambda: [d for d in _deliveries(node) if d.state == "sent"], timeout=10)[0]
+        assert delivery.last_status == "0x0000"
+    finally:
+        node.stop()
+        receiver.stop()
+
+
+@contextmanager
+def _radiograph_sent_to_peer_answering(status: int, tmp_path: Path, model_dir: Path,
+                                       classifiers) -> Iterator[tuple[Node, Receiver]]:
+    """A node whose destination answers every C-STORE with `status`, after one radiograph was sent."""
+    receiver = Receiver(status=status).start()
+    node = Node(node_config(tmp_path / "var", model_dir, receiver.port), classifiers).start(port=0)
+    try:
+        files = [copy_with_new_uids(real_file("RG3_UNCR.dcm"), tmp_path / "in")]
+        assert send(files, node.port) == [0x0000]
+        yield node, receiver
+    finally:
+        node.stop()
+        receiver.stop()
+
+
+def test_refusal_is_recorded_and_not_retried(tmp_path: Path, model_dir: Path, classifiers) -> None:
+    with _radiograph_sent_to_peer_answering(0xC000, tmp_path, model_dir, classifiers) as (node, _):
+        delivery = wait_for(lambda: [d for d in _deliveries(node) if d.state == "failed"], timeout=60)[0]
+        assert (delivery.attempts, delivery.last_status) == (1, "0xC000")
+        assert "refused" in (delivery.last_error or "")
+
+
+def test_out_of_resources_is_retried(tmp_path: Path, model_dir: Path, classifiers) -> None:
+    with _radiograph_sent_to_peer_answering(0xA700, tmp_path, model_dir, classifiers) as (node, receiver):
+        wait_for(lambda: any(d.attempts >= 2 and d.last_status == "0xA700" for d in _deliveries(node)), timeout=60)
+        receiver.status = 0x0000
+        wait_for(lambda: receiver.reports(), timeout=60)
+        assert wait_for(lambda: [d for d in _deliveries(node) if d.state == "sent"], timeout=10)

@@ -1,0 +1,106 @@
+"""Weights and cards: sharded safetensors; a missing, corrupt or mismatched file stops start-up."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from inference.model import load_classifier
+from inference.model_card import read_card
+from inference.weights import MAX_SHARD_BYTES, weight_files
+from node.errors import ModelLoadError
+from node.service import Node
+from tests.conftest import node_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def model_copy(tmp_path: Path, model_dir: Path) -> Path:
+    folder = tmp_path / "weights"
+    shutil.copytree(model_dir, folder)
+    return folder
+
+
+def test_weights_are_sharded_under_16_mib(model_dir: Path) -> None:
+    card = read_card(model_dir / "knee.json")
+    files = weight_files(card.weights, model_dir)
+    assert len(files) > 1
+    assert all(f.stat().st_size < 16 * 1024 * 1024 for f in files)
+    assert max(f.stat().st_size for f in files) <= MAX_SHARD_BYTES + 1024 * 1024
+    assert card.weights.file.endswith(".safetensors.index.json")
+
+
+def test_loaded_model_scores_in_unit_range(model_dir: Path) -> None:
+    classifier = load_classifier(model_dir / "knee.json")
+    scores = classifier.scores([torch.rand(64, 64).numpy() for _ in range(3)])
+    assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all()
+    assert classifier.version == read_card(model_dir / "knee.json").weights.sha256[:12]
+
+
+def test_missing_shard_is_named(model_copy: Path) -> None:
+    shard = sorted(model_copy.glob("knee-*.safetensors"))[1]
+    shard.unlink()
+    with pytest.raises(ModelLoadError, match=f"{shard.name}: weights file is missing"):
+        load_classifier(model_copy / "knee.json")
+
+
+def test_corrupt_shard_is_named(model_copy: Path) -> None:
+    shard = sorted(model_copy.glob("knee-*.safetensors"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match=f"{shard.name}: SHA-256 does not match"):
+        load_classifier(model_copy / "knee.json")
+
+
+def test_weights_that_do_not_fit_the_card(model_copy: Path) -> None:
+    card = json.loads((model_copy / "knee.json").read_text())
+    card["in_chans"] = 1
+    (model_copy / "knee.json").write_text(json.dumps(card))
+    with pytest.raises(ModelLoadError, match="do not fit efficientnet_b4"):
+        load_classifier(model_copy / "knee.json")
+
+
+def test_missing_or_invalid_card(model_copy: Path) -> None:
+    with pytest.raises(ModelLoadError, match="elbow.json: model card is missing"):
+        load_classifier(model_copy / "elbow.json")
+    (model_copy / "knee.json").write_text('{"name": "knee"}')
+    with pytest.raises(ModelLoadError, match="knee.json: invalid model card"):
+        load_classifier(model_copy / "knee.json")
+
+
+def test_node_refuses_to_start_with_a_broken_model(tmp_path: Path, model_copy: Path) -> None:
+    sorted(model_copy.glob("lung-*.safetensors"))[0].write_bytes(b"not weights")
+    with pytest.raises(ModelLoadError, match="lung-00001-of-00003.safetensors"):
+        Node(node_config(tmp_path / "var", model_copy))
+
+
+def test_serve_exits_with_the_reason(tmp_path: Path, model_copy: Path) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    (model_copy / "knee.json").unlink()
+    config = node_config(tmp_path / "var", model_copy)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    result = subprocess.run([sys.executable, "-m", "node.cli", "serve", "--config", str(path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "knee.json: model card is missing" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["knee", "lung"])
+def test_shipped_weights_match_their_cards(name: str) -> None:
+    card = read_card(REPO / "weights" / f"{name}.json")
+    assert card.architecture == "efficientnet_b4"
+    assert card.metrics.get("split") == "test" and "roc_auc" in card.metrics
+    assert card.training.get("command", "").startswith("dfnode train")
+    classifier = load_classifier(REPO / "weights" / f"{name}.json")
+    assert classifier.version == card.weights.sha256[:12]
