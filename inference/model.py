@@ -9,19 +9,20 @@ from typing import Any, cast
 import numpy as np
 import timm
 import torch
+from timm.models.efficientnet import EfficientNet
 
 from inference.model_card import ModelCard, read_card
 from inference.weights import load_verified_weights
 from node.errors import ModelLoadError
 
 
-def build_network(card_or_size: ModelCard | int, in_chans: int = 1, drop_rate: float = 0.0) -> torch.nn.Module:
+def build_network(card_or_size: ModelCard | int, in_chans: int = 1, drop_rate: float = 0.0) -> EfficientNet:
     """A timm EfficientNet-B4 with one output (the manipulation logit), randomly initialised."""
     del card_or_size  # the architecture is size-agnostic; kept so call sites read naturally
-    network = timm.create_model("efficientnet_b4", pretrained=False, num_classes=1, in_chans=in_chans,
-                                drop_rate=drop_rate)
+    network = cast(EfficientNet, timm.create_model("efficientnet_b4", pretrained=False, num_classes=1,
+                                                   in_chans=in_chans, drop_rate=drop_rate))
     # a zero head starts every image at logit 0 (p = 0.5): from-scratch training is stable from step one
-    classifier = cast(Any, network).get_classifier()
+    classifier = cast(Any, network.get_classifier())
     torch.nn.init.zeros_(classifier.weight)
     torch.nn.init.zeros_(classifier.bias)
     return network

@@ -35,9 +35,11 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         for path, message in exc.problems:
             print(f"  {path}: {message}", file=sys.stderr)
         return 2
-    problems = check_models(config)
+    problems, warnings = check_models(config)
     for path, message in problems:
         print(f"  {path}: {message}", file=sys.stderr)
+    for warning in warnings:
+        print(f"  warning: {warning}", file=sys.stderr)
     if problems:
         return 2
     print(f"{args.config}: OK ({len(config.routes)} routes, {len(config.peers)} peers, "
@@ -82,6 +84,7 @@ def _train_spec(args: argparse.Namespace):
         input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         patience=args.patience, seed=args.seed, max_minutes=args.max_minutes, device=args.device,
         workers=args.workers, exclude_families=tuple(args.exclude or ()), aggregation=args.aggregation,
+        region_weight=args.region_weight,
         resume=not args.no_resume, command="dfnode " + shlex.join(args.argv),
         data_description=args.data_description or "")
 
@@ -123,6 +126,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--workers", type=int, default=1, help="data-loading processes")
     p.add_argument("--exclude", action="append", help="leave a manipulation family out of training")
+    p.add_argument("--region-weight", type=float, default=0.0,
+                   help="weight of an auxiliary loss on where the manipulation is (needs boxes, as synth writes)")
     p.add_argument("--aggregation", choices=["max", "mean"], default="max", help="series aggregation rule")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
     p.add_argument("--data-description", help="what the data is, for the model card")

@@ -27,23 +27,42 @@ from scp.storage_scp import PeerPolicy, start_storage_scp
 log = logging.getLogger(__name__)
 
 
+MIN_TRUSTED_AUC = 0.9
+
+
+def weak_model_warnings(classifiers: dict[str, Classifier]) -> list[str]:
+    """Models whose card reports a test ROC AUC below MIN_TRUSTED_AUC (or none): their verdicts
+    carry little information, and an admin must know before a radiologist relies on them."""
+    warnings = []
+    for name, classifier in classifiers.items():
+        auc = classifier.card.metrics.get("roc_auc")
+        if not isinstance(auc, int | float) or auc < MIN_TRUSTED_AUC:
+            shown = f"{auc:.3f}" if isinstance(auc, int | float) else "not recorded"
+            warnings.append(f"model {name!r}: test ROC AUC {shown} is below {MIN_TRUSTED_AUC}; its verdicts are "
+                            "not reliable (see the model card and README, 'Results of the shipped weights')")
+    return warnings
+
+
 def load_models(config: Config) -> dict[str, Classifier]:
     """Every routed model, verified against its card; `ModelLoadError` names the file at fault."""
     if config.inference.threads:
         torch.set_num_threads(config.inference.threads)
-    return {name: load_classifier(ref.card, config.inference.device, config.inference.batch_size)
-            for name, ref in config.routed_models().items()}
+    classifiers = {name: load_classifier(ref.card, config.inference.device, config.inference.batch_size)
+                   for name, ref in config.routed_models().items()}
+    for warning in weak_model_warnings(classifiers):
+        log.warning(warning)
+    return classifiers
 
 
-def check_models(config: Config) -> list[tuple[str, str]]:
-    """Problems loading the routed models, as (key path, message) like config problems."""
-    problems = []
+def check_models(config: Config) -> tuple[list[tuple[str, str]], list[str]]:
+    """Problems loading the routed models, as (key path, message) like config problems, and warnings."""
+    problems, loaded = [], {}
     for name, ref in config.routed_models().items():
         try:
-            load_classifier(ref.card)
+            loaded[name] = load_classifier(ref.card)
         except ModelLoadError as exc:
             problems.append((f"models.{name}.card", str(exc)))
-    return problems
+    return problems, weak_model_warnings(loaded)
 
 
 def _device_uid(data_dir: Path) -> str:

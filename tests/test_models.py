@@ -74,6 +74,19 @@ def test_missing_or_invalid_card(model_copy: Path) -> None:
         load_classifier(model_copy / "knee.json")
 
 
+def test_weak_models_are_announced(classifiers, caplog: pytest.LogCaptureFixture) -> None:
+    from node.service import weak_model_warnings
+
+    warnings = weak_model_warnings(classifiers)  # the test models are untrained: no AUC on their cards
+    assert len(warnings) == 2 and all("not reliable" in w for w in warnings)
+    strong = classifiers["knee"]
+    strong.card.metrics["roc_auc"] = 0.99
+    try:
+        assert weak_model_warnings({"knee": strong}) == []
+    finally:
+        del strong.card.metrics["roc_auc"]
+
+
 def test_node_refuses_to_start_with_a_broken_model(tmp_path: Path, model_copy: Path) -> None:
     sorted(model_copy.glob("lung-*.safetensors"))[0].write_bytes(b"not weights")
     with pytest.raises(ModelLoadError, match="lung-00001-of-00003.safetensors"):

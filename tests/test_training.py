@@ -50,7 +50,8 @@ def test_train_then_evaluate_reproduces_the_card(tmp_path: Path, capsys: pytest.
                  "--out", str(tmp_path / "data")]) == 0
     weights = tmp_path / "weights"
     assert main(["train", "--data", str(tmp_path / "data"), "--model", "knee", "--input-size", "64",
-                 "--epochs", "2", "--batch-size", "8", "--workers", "0", "--weights-dir", str(weights),
+                 "--epochs", "2", "--batch-size", "8", "--workers", "0", "--region-weight", "1",
+                 "--weights-dir", str(weights),
                  "--run-dir", str(tmp_path / "run")]) == 0
     card = json.loads((weights / "knee.json").read_text())
     assert card["training"]["command"].startswith("dfnode train --data")

@@ -47,21 +47,26 @@ def benign_degrade(rng: np.random.Generator, image: np.ndarray, name: str) -> np
     return np.clip(BENIGN[name](rng, image), 0, 1).astype(np.float32)
 
 
-def augment(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
-    """Random geometry and intensity changes, then each benign degradation with some probability."""
+def augment(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Random geometry (applied to the region mask too) and intensity changes, then each benign
+    degradation with some probability. Returns the image and the mask (zeros when none is given)."""
+    mask = np.zeros_like(image) if mask is None else mask
     if rng.random() < 0.5:
-        image = image[:, ::-1]
+        image, mask = image[:, ::-1], mask[:, ::-1]
     if rng.random() < 0.5:
-        image = rotate(image, rng.uniform(-10, 10), reshape=False, order=1, mode="constant")
+        angle = rng.uniform(-10, 10)
+        image = rotate(image, angle, reshape=False, order=1, mode="constant")
+        mask = rotate(mask, angle, reshape=False, order=1, mode="constant")
     if rng.random() < 0.5:
         z = rng.uniform(0.85, 1.0)
         h, w = image.shape
         ch, cw = int(h * z), int(w * z)
         r, c = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        image = image[r:r + ch, c:c + cw]
+        image, mask = image[r:r + ch, c:c + cw], mask[r:r + ch, c:c + cw]
     image = image * rng.uniform(0.9, 1.1) + rng.uniform(-0.05, 0.05)
     image = np.clip(image, 0, 1).astype(np.float32)
     for name, p in (("blur", 0.15), ("resample", 0.15), ("noise", 0.25), ("jpeg", 0.25), ("jpeg2000", 0.1)):
         if rng.random() < p:
             image = benign_degrade(rng, image, name)
-    return np.ascontiguousarray(image, dtype=np.float32)
+    return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(mask, dtype=np.float32)

@@ -23,6 +23,15 @@ class Sample:
     label: int  # 1: manipulated
     group: str
     manipulation: str = ""
+    box: tuple[int, int, int, int] | None = None  # (row0, col0, row1, col1) of a local manipulation
+
+    def region_mask(self, shape: tuple[int, ...]) -> np.ndarray:
+        """1 inside the manipulated box, 0 elsewhere (all 0 for pristine or whole-image fakes)."""
+        mask = np.zeros(shape[:2], dtype=np.float32)
+        if self.box is not None and self.label == 1:
+            r0, c0, r1, c1 = self.box
+            mask[r0:r1, c0:c1] = 1.0
+        return mask
 
 
 def _label(value: str, where: str) -> int:
@@ -44,8 +53,9 @@ def _from_csv(path: Path) -> list[Sample]:
         for n, row in enumerate(reader, start=2):
             image = (path.parent / row["path"]).resolve()
             group = row.get("group") or row.get("source_id") or image.stem
+            box = tuple(int(v) for v in row["box"].split()) if row.get("box") else None
             samples.append(Sample(image, _label(row["label"], f"{path}:{n}"), group,
-                                  row.get("manipulation") or ""))
+                                  row.get("manipulation") or "", box))  # type: ignore[arg-type]
     return samples
 
 

@@ -62,6 +62,7 @@ class TrainSpec:
     max_benign_fpr: float = 0.02
     aggregation: str = "max"
     residual: bool = True  # the noise-residual input channel (inference.model.noise_residual)
+    region_weight: float = 0.0  # weight of the auxiliary loss on where the manipulation is (synth boxes)
     resume: bool = True
     progress: bool = True
     command: str = ""
@@ -81,10 +82,14 @@ class _TrainImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, float]:
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """Image, region mask, label, and the weight of the region loss (0 where the region is unknown)."""
         sample = self.samples[i]
-        image = augment(np.random.default_rng([self.seed, self.epoch, i]), prepare_sample(sample, self.prep))
-        return fit_to_square(image, self.prep.input_size), float(sample.label)
+        image = prepare_sample(sample, self.prep)
+        image, mask = augment(np.random.default_rng([self.seed, self.epoch, i]), image, sample.region_mask(image.shape))
+        size = self.prep.input_size
+        region_known = sample.label == 0 or sample.box is not None
+        return fit_to_square(image, size), fit_to_square(mask, size), float(sample.label), float(region_known)
 
 
 class PairedBatches(torch.utils.data.Sampler[list[int]]):
@@ -117,8 +122,18 @@ class _Collate:
     def __init__(self, residual: bool):
         self.residual = residual
 
-    def __call__(self, batch: list[tuple[np.ndarray, float]]) -> tuple[torch.Tensor, torch.Tensor]:
-        return to_batch([b[0] for b in batch], MEAN, STD, self.residual), torch.tensor([b[1] for b in batch])
+    def __call__(self, batch: list[tuple[np.ndarray, np.ndarray, float, float]]) -> tuple[torch.Tensor, ...]:
+        images = to_batch([b[0] for b in batch], MEAN, STD, self.residual)
+        masks = torch.from_numpy(np.stack([b[1] for b in batch]))[:, None]
+        return images, masks, torch.tensor([b[2] for b in batch]), torch.tensor([b[3] for b in batch])
+
+
+def _region_loss(region_logits: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Where the manipulation is, per feature-map cell: the share of the cell inside the box."""
+    height, width = region_logits.shape[-2:]
+    target = torch.nn.functional.adaptive_avg_pool2d(masks, (height, width))
+    per_cell = torch.nn.functional.binary_cross_entropy_with_logits(region_logits.float(), target, reduction="none")
+    return (per_cell.mean(dim=(1, 2, 3)) * weights).sum() / weights.sum().clamp(min=1.0)
 
 
 def _device(name: str) -> torch.device:
@@ -142,7 +157,10 @@ def train(spec: TrainSpec) -> dict:
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     network = build_network(spec.input_size, in_chans=2 if spec.residual else 1)
     network = network.to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    # training-only head: where the manipulation is, from the last feature map (not part of the model)
+    region_head = torch.nn.Conv2d(network.num_features, 1, kernel_size=1).to(device)
+    parameters = list(network.parameters()) + list(region_head.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=spec.lr, weight_decay=spec.weight_decay)
     dataset = _TrainImages(splits["train"], prep, spec.seed)
     batches = PairedBatches(splits["train"], spec.batch_size, spec.seed)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=spec.workers,
@@ -158,6 +176,7 @@ def train(spec: TrainSpec) -> dict:
     if spec.resume and last.is_file():
         checkpoint = torch.load(last, map_location=device, weights_only=False)
         network.load_state_dict(checkpoint["model"])
+        region_head.load_state_dict(checkpoint["region_head"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         state = checkpoint["state"]
@@ -169,11 +188,14 @@ def train(spec: TrainSpec) -> dict:
         bar = tqdm(loader, desc=f"{spec.model_name} epoch {state['epoch'] + 1}/{spec.epochs}",
                    disable=not spec.progress)
         losses = []
-        for images, labels in bar:
-            images, labels = images.to(device), labels.to(device)
+        for images, masks, labels, weights in bar:
+            images, masks, labels, weights = (t.to(device) for t in (images, masks, labels, weights))
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = network(images).reshape(-1)
+                features = network.forward_features(images)
+                logits = network.forward_head(features).reshape(-1)
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
+                if spec.region_weight > 0:
+                    loss = loss + spec.region_weight * _region_loss(region_head(features), masks, weights)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -191,7 +213,8 @@ def train(spec: TrainSpec) -> dict:
             torch.save(network.state_dict(), spec.run_dir / "best.pt")
         else:
             state["stale"] += 1
-        torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+        torch.save({"model": network.state_dict(), "region_head": region_head.state_dict(),
+                    "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "state": state}, last)
         print(f"{spec.model_name}: epoch {state['epoch']} loss {state['history'][-1]['loss']:.4f} "
               f"val AUC {val_auc:.4f} (best {state['best_auc']:.4f})", flush=True)
