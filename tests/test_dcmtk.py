@@ -79,19 +79,20 @@ def test_storescu_to_node_and_storescp_receives_the_sr(dcmtk_node: Node, storesc
         assert "Error" not in dump.stderr
 
 
-@pytest.mark.parametrize(("encoder", "option"), [
-    ("dcmcjpeg", "-xs"),  # JPEG lossless
-    ("dcmcjpls", "-xt"),  # JPEG-LS lossless
-    ("dcmcrle", "-xr"),  # RLE
-    (None, "-xd"),  # deflate, made by storescu on the fly
+@pytest.mark.parametrize(("source_name", "encoder", "option"), [
+    ("CT_small.dcm", ["dcmcjpeg"], "-xs"),  # JPEG lossless
+    ("image_dfl.dcm", ["dcmcjpeg", "+eb"], "-xy"),  # JPEG baseline (8 bit)
+    ("CT_small.dcm", ["dcmcjpls"], "-xt"),  # JPEG-LS lossless
+    ("CT_small.dcm", ["dcmcrle"], "-xr"),  # RLE
+    ("CT_small.dcm", None, "-xd"),  # deflate, made by storescu on the fly
 ])
-def test_storescu_proposing_a_compressed_syntax_is_accepted(dcmtk_node: Node, tmp_path: Path, encoder: str | None,
-                                                            option: str) -> None:
+def test_storescu_proposing_a_compressed_syntax_is_accepted(dcmtk_node: Node, tmp_path: Path, source_name: str,
+                                                            encoder: list[str] | None, option: str) -> None:
     """A PACS that proposes a compressed transfer syntax must find it accepted and the data stored as sent."""
-    source = copy_with_new_uids(real_file("CT_small.dcm"), tmp_path)
+    source = copy_with_new_uids(real_file(source_name), tmp_path)
     if encoder is not None:
         encoded = tmp_path / "encoded.dcm"
-        conv = run_tool(require_tool(encoder), str(source), str(encoded))
+        conv = run_tool(require_tool(encoder[0]), *encoder[1:], str(source), str(encoded))
         assert conv.returncode == 0, conv.stderr
         source = encoded
     result = run_tool(require_tool("storescu"), "-d", option, "-aet", "PACS", "-aec", "DFNODE", "127.0.0.1",
