@@ -228,6 +228,9 @@ def train(spec: TrainSpec) -> dict:
 def _finish(spec: TrainSpec, network: torch.nn.Module, scorer: Scorer, splits: dict[str, list[Sample]],
             state: dict) -> dict:
     """Threshold from validation, metrics on test, then weights, card, plots and metrics JSON."""
+    # measure exactly what ships: the weights are stored in float16
+    network.load_state_dict({k: v.half().float() if v.is_floating_point() else v
+                             for k, v in network.state_dict().items()})
     val_pristine = [s for s in splits["val"] if s.label == 0]
     val_benign = benign_scores(scorer, val_pristine, spec.seed + 1, spec.progress)
     clean = score_samples(scorer, val_pristine, desc="val pristine", progress=spec.progress)
