@@ -16,9 +16,9 @@ from inference.weights import load_verified_weights
 from node.errors import ModelLoadError
 
 
-def build_network(card_or_size: ModelCard | int, in_chans: int = 1, drop_rate: float = 0.0) -> EfficientNet:
-    """A timm EfficientNet-B4 with one output (the manipulation logit), randomly initialised."""
-    del card_or_size  # the architecture is size-agnostic; kept so call sites read naturally
+def build_network(in_chans: int = 1, drop_rate: float = 0.0) -> EfficientNet:
+    """A timm EfficientNet-B4 with one output (the manipulation logit), randomly initialised; it takes
+    any input size."""
     network = cast(EfficientNet, timm.create_model("efficientnet_b4", pretrained=False, num_classes=1,
                                                    in_chans=in_chans, drop_rate=drop_rate))
     # a zero head starts every image at logit 0 (p = 0.5): from-scratch training is stable from step one
@@ -87,7 +87,7 @@ def load_classifier(card_path: Path, device: str = "cpu", batch_size: int = 8) -
     """Load a card and its verified weights; `ModelLoadError` names the file and the fault."""
     card = read_card(card_path)
     state = load_verified_weights(card.weights, card_path.parent)
-    network = build_network(card, in_chans=card.in_chans)
+    network = build_network(in_chans=card.in_chans)
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -8,6 +8,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 
 from inference.model import Classifier
 from inference.preprocess import prepare_dataset
@@ -63,12 +64,18 @@ def verdict_for(score: float | None, threshold: float) -> Verdict:
     return Verdict.SUSPECTED if score >= threshold else Verdict.NOT_SUSPECTED
 
 
-def score_files(classifier: Classifier, paths: Iterable[Path]) -> SeriesResult:
-    """Evaluate the DICOM files of one series; unusable images are reported, never raised."""
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def score_files(classifier: Classifier, paths: Iterable[Path]) -> tuple[SeriesResult, list[Dataset]]:
+    """Evaluate the DICOM files of one series; unusable images are reported, never raised.
+
+    Each file is read once; its header (the dataset without pixel data) comes back for the report."""
     prep = classifier.card.preprocessing_spec()
     pending: list[tuple[str, int | None]] = []
     images = []
     results: list[ImageResult] = []
+    headers: list[Dataset] = []
     for path in paths:
         try:
             ds = dcmread(path)
@@ -82,10 +89,15 @@ def score_files(classifier: Classifier, paths: Iterable[Path]) -> SeriesResult:
                 images.append(frame.pixels)
         except NotEvaluable as exc:
             results.append(ImageResult(uid, None, None, str(exc)))
+        for keyword in _PIXEL_KEYWORDS:  # keep the series' memory to headers
+            if keyword in ds:
+                del ds[keyword]
+        headers.append(ds)
     probabilities = classifier.scores(images)
     results.extend(ImageResult(uid, frame, float(p)) for (uid, frame), p in zip(pending, probabilities,
                                                                                  strict=True))
     evaluated = [r.score for r in results if r.score is not None]
     score = aggregate(evaluated, classifier.card.series_aggregation) if evaluated else None
-    return SeriesResult(results, score, verdict_for(score, classifier.card.threshold),
-                        classifier.name, classifier.version, classifier.card.threshold)
+    result = SeriesResult(results, score, verdict_for(score, classifier.card.threshold),
+                          classifier.name, classifier.version, classifier.card.threshold)
+    return result, headers

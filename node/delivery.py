@@ -42,8 +42,8 @@ class Deliverer:
     def run_once(self) -> int:
         """Try every due delivery once; returns how many were delivered."""
         delivered = 0
+        names = {p.name for p in self.config.peers}
         for delivery_id, destination, path in self.due(time.time()):
-            names = {p.name for p in self.config.peers}
             if destination not in names:
                 self._finish(delivery_id, SendOutcome(False, False, None, f"peer {destination!r} is not configured"))
                 continue

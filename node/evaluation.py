@@ -90,8 +90,7 @@ class Evaluator:
             return None
         classifier = self.classifiers[route.model]
         started = time.monotonic()
-        result = score_files(classifier, paths)
-        headers = _headers(paths)
+        result, headers = score_files(classifier, paths)
         sr_series_uid, sr_uid = report_uids(series.series_uid, version)
         identity = ReportIdentity(self.device_uid, self.config.node.ae_title, "dfnode", sr_series_uid, sr_uid, version)
         previous_ds = _read_previous(previous)
@@ -126,16 +125,6 @@ class Evaluator:
                     s.add(Delivery(report_id=report.id, destination=dest, next_attempt_at=now))
             series.evaluated_version = max(series.evaluated_version, version)
             series.score, series.verdict, series.error = result.score, result.verdict.value, None
-
-
-def _headers(paths: list[Path]) -> list[Dataset]:
-    headers: list[Dataset] = []
-    for path in paths:
-        try:
-            headers.append(dcmread(path, stop_before_pixels=True))
-        except Exception:  # already reported as not evaluated by scoring
-            log.warning("%s: header unreadable; left out of the report's evidence", path.name)
-    return headers
 
 
 def _read_previous(previous: Report | None) -> Dataset | None:

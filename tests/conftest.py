@@ -21,7 +21,7 @@ TEST_INPUT_SIZE = 64
 def write_test_model(folder: Path, name: str, kind: str, threshold: float = 0.5, seed: int = 0) -> Path:
     """A real EfficientNet-B4 with random weights and a valid card: the node cannot tell it apart."""
     torch.manual_seed(seed)
-    network = build_network(TEST_INPUT_SIZE, in_chans=2)
+    network = build_network(in_chans=2)
     weights = save_weights(network.state_dict(), folder, name)
     card = ModelCard(name=name, input_size=TEST_INPUT_SIZE, in_chans=2,
                      preprocessing=CardPreprocessing(kind=kind, residual_channel=True),  # type: ignore[arg-type]

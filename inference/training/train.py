@@ -155,7 +155,7 @@ def train(spec: TrainSpec) -> dict:
     splits = select_samples(spec)
     prep = spec.preprocessing()
     spec.run_dir.mkdir(parents=True, exist_ok=True)
-    network = build_network(spec.input_size, in_chans=2 if spec.residual else 1)
+    network = build_network(in_chans=2 if spec.residual else 1)
     network = network.to(device).to(memory_format=torch.channels_last)
     # training-only head: where the manipulation is, from the last feature map (not part of the model)
     region_head = torch.nn.Conv2d(network.num_features, 1, kernel_size=1).to(device)
