@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import Float, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy import Float, ForeignKey, Integer, String, Text, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -123,10 +123,6 @@ class Database:
         with self.write_lock, self.session() as s, s.begin():
             s.add(AssociationRecord(at=time.time(), address=address, calling_ae=calling, called_ae=called,
                                     accepted=accepted, reason=reason))
-
-    def series_by_uid(self, series_uid: str) -> Series | None:
-        with self.session() as s:
-            return s.scalars(select(Series).where(Series.series_uid == series_uid)).first()
 
     def close(self) -> None:
         self.engine.dispose()
