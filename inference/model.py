@@ -11,6 +11,7 @@ import timm
 import torch
 from timm.models.efficientnet import EfficientNet
 
+from inference.localisation import Box, activation_maps, hottest_box
 from inference.model_card import ModelCard, read_card
 from inference.weights import load_verified_weights
 from node.errors import ModelLoadError
@@ -81,6 +82,14 @@ class Classifier:
                 logits = self.network(batch).float().reshape(-1)
                 out.append(torch.sigmoid(logits).cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    def localise(self, image: np.ndarray, source_shape: tuple[int, int]) -> Box | None:
+        """The box (source pixels) around the region that drives one prepared image's score."""
+        p = self.card.preprocessing
+        batch = to_batch([image], p.normalization_mean, p.normalization_std, p.residual_channel).to(self.device)
+        with torch.inference_mode():
+            cells = activation_maps(self.network, batch)[0].cpu().numpy()
+        return hottest_box(cells, self.card.input_size, source_shape)
 
 
 def load_classifier(card_path: Path, device: str = "cpu", batch_size: int = 8) -> Classifier:

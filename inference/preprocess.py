@@ -47,6 +47,7 @@ class PreparedFrame:
 
     frame_number: int | None
     pixels: np.ndarray  # float32, (input_size, input_size), in [0, 1]
+    source_shape: tuple[int, int] = (0, 0)  # (rows, columns) of the frame before the letterbox
 
 
 def _frame_rescale(ds: Dataset, index: int) -> tuple[float, float] | None:
@@ -120,15 +121,22 @@ def to_unit_range(values: np.ndarray, prep: Preprocessing, monochrome1: bool = F
 def fit_to_square(image: np.ndarray, size: int) -> np.ndarray:
     """Aspect-preserving resize so that the longer side is `size`, centred on a zero square."""
     h, w = image.shape
-    scale = size / max(h, w)
+    scale, top, left = letterbox_geometry((h, w), size)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
     resized = torch.nn.functional.interpolate(tensor, size=(nh, nw), mode="bilinear",
                                               antialias=scale < 1, align_corners=False)[0, 0].numpy()
     out = np.zeros((size, size), dtype=np.float32)
-    top, left = (size - nh) // 2, (size - nw) // 2
     out[top:top + nh, left:left + nw] = np.clip(resized, 0.0, 1.0)
     return out
+
+
+def letterbox_geometry(source_shape: tuple[int, int], size: int) -> tuple[float, int, int]:
+    """(scale, top, left) of `fit_to_square`: source pixel (r, c) lands at (top + r*scale, left + c*scale)."""
+    h, w = source_shape
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    return scale, (size - nh) // 2, (size - nw) // 2
 
 
 def prepare_values(values: np.ndarray, prep: Preprocessing, monochrome1: bool = False) -> np.ndarray:
@@ -142,7 +150,8 @@ def prepare_dataset(ds: Dataset, prep: Preprocessing) -> list[PreparedFrame]:
     frames = frames_in_modality_units(ds)
     numbered = len(frames) > 1 or int(ds.get("NumberOfFrames", 1) or 1) > 1
     return [
-        PreparedFrame(i + 1 if numbered else None, prepare_values(values, prep, monochrome1))
+        PreparedFrame(i + 1 if numbered else None, prepare_values(values, prep, monochrome1),
+                      (values.shape[0], values.shape[1]))
         for i, values in enumerate(frames)
     ]
 

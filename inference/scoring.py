@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from inference.localisation import Box
 from inference.model import Classifier
 from inference.preprocess import prepare_dataset
 from node.errors import NotEvaluable
@@ -32,6 +34,16 @@ class ImageResult:
 
 
 @dataclass(frozen=True)
+class Finding:
+    """The series' most suspicious image; `box` outlines what drove its score when the series is suspected."""
+
+    sop_instance_uid: str
+    frame_number: int | None
+    score: float
+    box: Box | None
+
+
+@dataclass(frozen=True)
 class SeriesResult:
     """All image results of one series, the series score and the verdict."""
 
@@ -41,6 +53,7 @@ class SeriesResult:
     model_name: str
     model_version: str
     threshold: float
+    focus: Finding | None = None
 
     @property
     def evaluated(self) -> list[ImageResult]:
@@ -74,6 +87,7 @@ def score_files(classifier: Classifier, paths: Iterable[Path]) -> tuple[SeriesRe
     prep = classifier.card.preprocessing_spec()
     pending: list[tuple[str, int | None]] = []
     images = []
+    shapes: list[tuple[int, int]] = []
     results: list[ImageResult] = []
     headers: list[Dataset] = []
     for path in paths:
@@ -87,6 +101,7 @@ def score_files(classifier: Classifier, paths: Iterable[Path]) -> tuple[SeriesRe
             for frame in prepare_dataset(ds, prep):
                 pending.append((uid, frame.frame_number))
                 images.append(frame.pixels)
+                shapes.append(frame.source_shape)
         except NotEvaluable as exc:
             results.append(ImageResult(uid, None, None, str(exc)))
         for keyword in _PIXEL_KEYWORDS:  # keep the series' memory to headers
@@ -98,6 +113,12 @@ def score_files(classifier: Classifier, paths: Iterable[Path]) -> tuple[SeriesRe
                                                                                  strict=True))
     evaluated = [r.score for r in results if r.score is not None]
     score = aggregate(evaluated, classifier.card.series_aggregation) if evaluated else None
-    result = SeriesResult(results, score, verdict_for(score, classifier.card.threshold),
-                          classifier.name, classifier.version, classifier.card.threshold)
+    verdict = verdict_for(score, classifier.card.threshold)
+    focus = None
+    if len(probabilities):
+        top = int(np.argmax(probabilities))
+        box = classifier.localise(images[top], shapes[top]) if verdict is Verdict.SUSPECTED else None
+        focus = Finding(pending[top][0], pending[top][1], float(probabilities[top]), box)
+    result = SeriesResult(results, score, verdict, classifier.name, classifier.version, classifier.card.threshold,
+                          focus)
     return result, headers

@@ -68,7 +68,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from inference.training.synth import KIND_FOR_MODEL, SynthSpec, synthesise
 
     kind = KIND_FOR_MODEL.get(args.kind, args.kind)
-    spec = SynthSpec(kind, args.count, args.size, args.seed, args.real_fraction, tuple(args.family or ()))
+    spec = SynthSpec(kind, args.count, args.size, args.seed, args.real_fraction, tuple(args.family or ()),
+                     args.gan_steps, args.gan_sources)
     manifest = synthesise(spec, args.out, workers=args.workers)
     print(f"wrote {2 * args.count} images and {manifest}")
     return 0
@@ -164,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--real-fraction", type=float, default=0.15, help="share of sources cropped from real images")
     p.add_argument("--family", action="append", help="only this manipulation family (repeatable)")
+    p.add_argument("--gan-steps", type=int, default=1500, help="training steps of the whole-image synthesis GAN")
+    p.add_argument("--gan-sources", type=int, default=512, help="pristine images the synthesis GAN learns from")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_cmd_synth)
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    except DfnodeError as exc:
+    except (DfnodeError, FileNotFoundError, ValueError) as exc:  # bad input named by the code that found it
         print(f"dfnode: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

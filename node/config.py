@@ -77,6 +77,15 @@ class Peer(_Strict):
     host: str = Field(min_length=1)
     port: Port | None = None
     may_send: bool = True
+    dicomweb_url: str | None = Field(None, description="STOW-RS root (http[s]://host:port/dicom-web): "
+                                                        "results go there instead of by C-STORE")
+
+    @field_validator("dicomweb_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("a DICOMweb URL starts with http:// or https:// and names a host")
+        return value.rstrip("/") if value else value
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
@@ -136,6 +145,13 @@ class SendingSettings(_Strict):
     poll_seconds: float = Field(0.5, gt=0)
 
 
+class ReportSettings(_Strict):
+    """What is sent back for each evaluated series besides the SR."""
+
+    key_image: bool = Field(True, description="also send a Secondary Capture key image with the verdict "
+                                              "burned in and the suspicious region outlined")
+
+
 class InferenceSettings(_Strict):
     """How the models run."""
 
@@ -154,6 +170,7 @@ class Config(_Strict):
     models: dict[str, ModelRef] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
     sending: SendingSettings = Field(default_factory=SendingSettings)
+    reports: ReportSettings = Field(default_factory=ReportSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
 
     def peer(self, name: str) -> Peer:
@@ -187,8 +204,9 @@ def _cross_check(config: Config) -> list[tuple[str, str]]:
             peer = next((p for p in config.peers if p.name == dest), None)
             if peer is None:
                 problems.append((f"routes.{i}.destinations.{j}", f"unknown peer {dest!r}"))
-            elif peer.port is None:
-                problems.append((f"routes.{i}.destinations.{j}", f"peer {dest!r} has no port to send to"))
+            elif peer.port is None and peer.dicomweb_url is None:
+                problems.append((f"routes.{i}.destinations.{j}",
+                                 f"peer {dest!r} has neither a port nor a dicomweb_url to send to"))
     if config.sending.initial_backoff_seconds > config.sending.max_backoff_seconds:
         problems.append(("sending.initial_backoff_seconds", "is larger than max_backoff_seconds"))
     return problems

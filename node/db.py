@@ -67,6 +67,7 @@ class Report(Base):
     version: Mapped[int] = mapped_column(Integer)
     sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     path: Mapped[str] = mapped_column(Text)
+    key_image_path: Mapped[str | None] = mapped_column(Text, nullable=True)  # sent with the SR when present
     verdict: Mapped[str] = mapped_column(String(16))
     score: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
@@ -113,6 +114,7 @@ class Database:
                                             connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.write_lock = threading.RLock()
 
@@ -126,6 +128,19 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Bring a database made by an older release up to date: new columns are nullable and added in place."""
+    with engine.begin() as connection:
+        for table in Base.metadata.sorted_tables:
+            present = {row[1] for row in connection.exec_driver_sql(f"PRAGMA table_info({table.name})")}
+            for column in table.columns:
+                if column.name not in present:
+                    if not column.nullable:
+                        raise RuntimeError(f"{table.name}.{column.name}: a new column must be nullable")
+                    kind = column.type.compile(dialect=engine.dialect)
+                    connection.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from node.config import Config, SendingSettings
+from node.config import Config, Peer, SendingSettings
 from node.db import Database, Delivery, Report
-from scp.sender import SendOutcome, send_file
+from scp.sender import SendOutcome, send_files
+from scp.stow import stow_files
 
 log = logging.getLogger(__name__)
 
@@ -24,33 +25,38 @@ def backoff_seconds(attempts: int, sending: SendingSettings) -> float:
 
 
 class Deliverer:
-    """Sends due deliveries one by one; `send` is replaceable for other transports."""
+    """Sends due deliveries one by one: the SR, then the key image, by C-STORE or STOW-RS."""
 
-    def __init__(self, config: Config, db: Database, send=send_file):  # type: ignore[no-untyped-def]
+    def __init__(self, config: Config, db: Database):
         self.config = config
         self.db = db
-        self.send = send
 
-    def due(self, now: float) -> list[tuple[int, str, str]]:
+    def due(self, now: float) -> list[tuple[int, str, list[Path]]]:
+        """(delivery id, destination, files) of each pending delivery whose time has come."""
         with self.db.session() as s:
-            rows = s.execute(select(Delivery.id, Delivery.destination, Report.path)
+            rows = s.execute(select(Delivery.id, Delivery.destination, Report.path, Report.key_image_path)
                              .join(Report, Report.id == Delivery.report_id)
                              .where(Delivery.state == "pending", Delivery.next_attempt_at <= now)
                              .order_by(Delivery.next_attempt_at)).all()
-        return [(r[0], r[1], r[2]) for r in rows]
+        return [(r[0], r[1], [Path(p) for p in (r[2], r[3]) if p]) for r in rows]
+
+    def send(self, files: list[Path], peer: Peer) -> SendOutcome:
+        """One attempt to put every file on the peer, by its transport."""
+        timeout = self.config.sending.timeout_seconds
+        if peer.dicomweb_url is not None:
+            return stow_files(files, peer.dicomweb_url, timeout)
+        assert peer.port is not None  # validated in the config
+        return send_files(files, self.config.node.ae_title, peer.ae_title, peer.host, peer.port, timeout)
 
     def run_once(self) -> int:
         """Try every due delivery once; returns how many were delivered."""
         delivered = 0
         names = {p.name for p in self.config.peers}
-        for delivery_id, destination, path in self.due(time.time()):
+        for delivery_id, destination, files in self.due(time.time()):
             if destination not in names:
                 self._finish(delivery_id, SendOutcome(False, False, None, f"peer {destination!r} is not configured"))
                 continue
-            peer = self.config.peer(destination)
-            assert peer.port is not None  # validated in the config
-            outcome = self.send(Path(path), self.config.node.ae_title, peer.ae_title, peer.host, peer.port,
-                                self.config.sending.timeout_seconds)
+            outcome = self.send(files, self.config.peer(destination))
             self._finish(delivery_id, outcome)
             delivered += outcome.delivered
         return delivered

@@ -22,7 +22,9 @@ from inference.scoring import SeriesResult, score_files
 from node.config import Config
 from node.db import Database, Delivery, Instance, Report, Series
 from scp.spool import write_atomically
+from sr.key_image import build_key_image
 from sr.report import ReportIdentity, build_report, report_uids
+from sr.uids import ObjectIdentity
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,9 @@ class Evaluator:
             if series is None:
                 return None
             version = series.received_version
-            paths = [Path(p) for p in s.scalars(select(Instance.path).where(Instance.series_id == series_id)
-                                                 .order_by(Instance.received_at, Instance.id))]
+            files = {uid: Path(p) for uid, p in s.execute(
+                select(Instance.sop_instance_uid, Instance.path).where(Instance.series_id == series_id)
+                .order_by(Instance.received_at, Instance.id))}
             previous = s.scalars(select(Report).where(Report.series_id == series_id)
                                  .order_by(Report.version.desc())).first()
         route = self.config.route(series.route or "")
@@ -90,21 +93,39 @@ class Evaluator:
             return None
         classifier = self.classifiers[route.model]
         started = time.monotonic()
-        result, headers = score_files(classifier, paths)
+        result, headers = score_files(classifier, list(files.values()))
         sr_series_uid, sr_uid = report_uids(series.series_uid, version)
         identity = ReportIdentity(self.device_uid, self.config.node.ae_title, "dfnode", sr_series_uid, sr_uid, version)
         previous_ds = _read_previous(previous)
         sr = build_report(headers, result, identity, previous_ds)
         report_path = self.config.storage.reports_dir / f"{sr_uid}.dcm"
         write_atomically(report_path, lambda f: sr.save_as(f, enforce_file_format=True))
-        self._commit(series_id, version, result, sr_uid, report_path, route.destinations)
+        key_path = self._write_key_image(series.series_uid, version, result, files, classifier)
+        self._commit(series_id, version, result, sr_uid, report_path, key_path, route.destinations)
         log.info("series %s: %s (score %s, %d images, %.1fs) -> %s", series.series_uid, result.verdict.value,
                  "-" if result.score is None else f"{result.score * 100:.1f}%", len(result.images),
                  time.monotonic() - started, report_path.name)
         return Outcome(series.series_uid, result, report_path)
 
+    def _write_key_image(self, series_uid: str, version: int, result: SeriesResult, files: dict[str, Path],
+                         classifier: Classifier) -> Path | None:
+        """The key image file, when configured and an image was evaluated; a failure costs only the key image."""
+        focus = result.focus
+        if not self.config.reports.key_image or focus is None or focus.sop_instance_uid not in files:
+            return None
+        identity = ObjectIdentity.derived(series_uid, version, "key")
+        path = self.config.storage.reports_dir / f"{identity.sop_instance_uid}.dcm"
+        try:
+            image = build_key_image(dcmread(files[focus.sop_instance_uid]), focus, result.verdict, result.score,
+                                    classifier.card.preprocessing_spec(), identity)
+            write_atomically(path, lambda f: image.save_as(f, enforce_file_format=True))
+        except Exception:  # the SR goes out regardless
+            log.exception("series %s: key image not made; the SR is sent alone", series_uid)
+            return None
+        return path
+
     def _commit(self, series_id: int, version: int, result: SeriesResult, sr_uid: str, path: Path,
-                destinations: list[str]) -> None:
+                key_path: Path | None, destinations: list[str]) -> None:
         now = time.time()
         with self.db.write_lock, self.db.session() as s, s.begin():
             series = s.get(Series, series_id)
@@ -118,6 +139,7 @@ class Evaluator:
             report = s.scalars(select(Report).where(Report.sop_instance_uid == sr_uid)).first()
             if report is None:
                 report = Report(series_id=series_id, version=version, sop_instance_uid=sr_uid, path=str(path),
+                                key_image_path=str(key_path) if key_path else None,
                                 verdict=result.verdict.value, score=result.score, created_at=now)
                 s.add(report)
                 s.flush()

@@ -30,40 +30,56 @@ class SendOutcome:
         return f"0x{self.status:04X}" if self.status is not None else "-"
 
 
-def send_file(path: Path, calling_ae: str, ae_title: str, host: str, port: int, timeout: float) -> SendOutcome:
-    """C-STORE `path` to the peer. Connection failures, aborts, timeouts and 0xA7xx are retryable;
-    0xA9xx and 0xCxxx (the peer refuses the object itself) are not."""
+def send_files(paths: list[Path], calling_ae: str, ae_title: str, host: str, port: int,
+               timeout: float) -> SendOutcome:
+    """C-STORE `paths` to the peer over one association; delivered when every file is stored.
+
+    Connection failures, aborts, timeouts and 0xA7xx are retryable; 0xA9xx and 0xCxxx (the peer
+    refuses the object itself) are not."""
     try:
         # a plain connect first: a peer that is down costs no association (and no leaked socket)
         socket.create_connection((host, port), timeout=min(timeout, 10)).close()
     except OSError as exc:
         return SendOutcome(False, True, None, f"cannot connect to {ae_title}@{host}:{port}: {exc.strerror or exc}")
     try:
-        ds = dcmread(path)
-    except Exception as exc:  # the report on disk is unreadable: retrying cannot help
-        return SendOutcome(False, False, None, f"cannot read {path.name}: {exc}")
+        datasets = [dcmread(p) for p in paths]
+    except Exception as exc:  # a report on disk is unreadable: retrying cannot help
+        return SendOutcome(False, False, None, f"cannot read a report file: {exc}")
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = timeout
-    syntax = ds.file_meta.TransferSyntaxUID
-    ae.add_requested_context(ds.SOPClassUID, list(dict.fromkeys([syntax, ExplicitVRLittleEndian,
-                                                                  ImplicitVRLittleEndian])))
+    for sop_class in dict.fromkeys(str(ds.SOPClassUID) for ds in datasets):
+        syntaxes = [ds.file_meta.TransferSyntaxUID for ds in datasets if ds.SOPClassUID == sop_class]
+        ae.add_requested_context(sop_class, list(dict.fromkeys([*syntaxes, ExplicitVRLittleEndian,
+                                                                 ImplicitVRLittleEndian])))
     assoc = ae.associate(host, port, ae_title=ae_title)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
         return SendOutcome(False, True, None, f"association with {ae_title}@{host}:{port} {why}")
+    try:
+        outcome = SendOutcome(True, False, 0x0000, "stored")
+        for ds in datasets:
+            outcome = _store(assoc, ds)
+            if not outcome.delivered:
+                break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return outcome
+
+
+def _store(assoc, ds) -> SendOutcome:  # type: ignore[no-untyped-def]
+    """One C-STORE on an open association, classified."""
     try:
         response = assoc.send_c_store(ds)
     except Exception as exc:  # pynetdicom raises on protocol errors; treat as transient
         assoc.abort()
         return SendOutcome(False, True, None, f"C-STORE failed: {exc}")
     status = int(response.Status) if response and "Status" in response else None
-    if assoc.is_established:
-        assoc.release()
     if status is None:
         return SendOutcome(False, True, None, "no response (timeout or abort)")
     if statuses.is_success(status):
         return SendOutcome(True, False, status, "stored")
     if statuses.is_retryable(status):
         return SendOutcome(False, True, status, "peer out of resources")
-    return SendOutcome(False, False, status, "refused by the peer")
+    return SendOutcome(False, False, status, f"{ds.SOPClassUID.name} refused by the peer")

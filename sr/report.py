@@ -4,6 +4,9 @@ Layout (an interface others parse; see README, "The Structured Report"):
 - one TID 1501 group per evaluated image (per frame for multi-frame images) referencing it, with
   DFN001 "Manipulation score" (0-100 %) and DFN002 "Manipulation suspected" (SCT Yes/No);
 - one more group for the series as a whole, referencing every evaluated image;
+- when the series is suspected and the model localised the region behind its score: a TID 1410
+  planar ROI group (listed first), a closed POLYLINE box on the most suspicious image, with the
+  same two concepts;
 - observer: the node as a device; TID 4019 algorithm identification: model name and weights version;
 - Series Description "DEEPFAKE SCREEN: <verdict>", same study and patient as the source;
 - PARTIAL when some images could not be evaluated, else COMPLETE; always UNVERIFIED.
@@ -15,11 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from inference.scoring import ImageResult, SeriesResult, Verdict
+from inference.scoring import Finding, ImageResult, SeriesResult, Verdict
+from sr.uids import derived_uids
 
 SCHEME = "99DFNODE"
 MANIPULATION_SCORE = hd.sr.CodedConcept("DFN001", SCHEME, "Manipulation score")
@@ -28,9 +33,10 @@ YES = hd.sr.CodedConcept("373066001", "SCT", "Yes")
 NO = hd.sr.CodedConcept("373067005", "SCT", "No")
 PERCENT = hd.sr.CodedConcept("%", "UCUM", "percent")
 SERIES_DESCRIPTION_PREFIX = "DEEPFAKE SCREEN: "
+# Procedure reported: codes of CID 100 (Quantitative Diagnostic Imaging Procedures), as TID 1500 asks
 _PROCEDURES = {
-    "CT": hd.sr.CodedConcept("77477000", "SCT", "Computerized axial tomography"),
-    "default": hd.sr.CodedConcept("168537006", "SCT", "Plain radiography"),
+    "CT": hd.sr.CodedConcept("25045-6", "LN", "CT unspecified body region"),
+    "default": hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure"),
 }
 
 
@@ -49,9 +55,7 @@ class ReportIdentity:
 
 def report_uids(source_series_uid: str, version: int) -> tuple[str, str]:
     """(SR series UID, SR SOP Instance UID) for a source series and evaluation version."""
-    series = generate_uid(entropy_srcs=[source_series_uid, "dfnode-sr-series"])
-    instance = generate_uid(entropy_srcs=[source_series_uid, str(version), "dfnode-sr"])
-    return series, instance
+    return derived_uids(source_series_uid, version, "sr")
 
 
 def _group(uid_seed: str, label: str, score: float, threshold: float, algorithm: hd.sr.AlgorithmIdentification,
@@ -67,6 +71,25 @@ def _group(uid_seed: str, label: str, score: float, threshold: float, algorithm:
     )
 
 
+def _region_group(uid_seed: str, finding: Finding, image: Dataset, threshold: float,
+                  algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410: the box around the region behind the most suspicious image's score."""
+    assert finding.box is not None
+    frames = [finding.frame_number] if finding.frame_number is not None else None
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.array(finding.box.corners(), dtype=np.float32),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(image, referenced_frame_numbers=frames))
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(entropy_srcs=[uid_seed]),
+                                                     identifier="suspicious region"),
+        referenced_region=region, algorithm_id=algorithm,
+        measurements=[hd.sr.Measurement(name=MANIPULATION_SCORE, value=round(finding.score * 100, 2), unit=PERCENT,
+                                        algorithm_id=algorithm)],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(MANIPULATION_SUSPECTED,
+                                                             YES if finding.score >= threshold else NO)])
+
+
 def _source_ref(image: Dataset, result: ImageResult) -> hd.sr.SourceImageForMeasurementGroup:
     frames = [result.frame_number] if result.frame_number is not None else None
     return hd.sr.SourceImageForMeasurementGroup.from_source_image(image, referenced_frame_numbers=frames)
@@ -79,6 +102,7 @@ def build_report(sources: Sequence[Dataset], result: SeriesResult, identity: Rep
         raise ValueError("SourceImageSequence: a report needs at least one source instance")
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
     algorithm = hd.sr.AlgorithmIdentification(name=result.model_name, version=result.model_version)
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]
     groups = []
     evaluated = [r for r in result.evaluated if r.sop_instance_uid in by_uid]
     for n, image_result in enumerate(evaluated, start=1):
@@ -90,8 +114,13 @@ def build_report(sources: Sequence[Dataset], result: SeriesResult, identity: Rep
         refs = [_source_ref(by_uid[r.sop_instance_uid], r) for r in evaluated]
         groups.append(_group(f"{identity.sop_instance_uid}-series", "series", result.score, result.threshold,
                              algorithm, refs))
+    focus = result.focus
+    if focus is not None and focus.box is not None and focus.sop_instance_uid in by_uid:
+        # first: TID 1500 lists the planar ROI groups (TID 1410) before TID 1501, and validators read in order
+        groups.insert(0, _region_group(f"{identity.sop_instance_uid}-region", focus, by_uid[focus.sop_instance_uid],
+                                    result.threshold, algorithm))
     if not groups:
-        groups = _not_evaluated_groups(result, by_uid, identity)
+        groups = list(_not_evaluated_groups(result, by_uid, identity))
     first = sources[0]
     device = hd.sr.DeviceObserverIdentifyingAttributes(uid=identity.device_uid, name=identity.device_name,
                                                        manufacturer_name=identity.manufacturer,

@@ -19,9 +19,12 @@ TEST_INPUT_SIZE = 64
 
 
 def write_test_model(folder: Path, name: str, kind: str, threshold: float = 0.5, seed: int = 0) -> Path:
-    """A real EfficientNet-B4 with random weights and a valid card: the node cannot tell it apart."""
+    """A real EfficientNet-B4 with random weights and a valid card: the node cannot tell it apart.
+
+    The head is random too, so that scores differ between images and activation maps are not flat."""
     torch.manual_seed(seed)
     network = build_network(in_chans=2)
+    torch.nn.init.normal_(network.get_classifier().weight, std=1.0)
     weights = save_weights(network.state_dict(), folder, name)
     card = ModelCard(name=name, input_size=TEST_INPUT_SIZE, in_chans=2,
                      preprocessing=CardPreprocessing(kind=kind, residual_channel=True),  # type: ignore[arg-type]
@@ -74,13 +77,13 @@ def node_config(data_dir: Path, model_dir: Path, receiver_port: int = 11113, **o
 
 @pytest.fixture
 def receiver(tmp_path: Path) -> Iterator[Receiver]:
-    """The PACS's receiving side; every SR it got must pass dciodvfy without errors."""
+    """The PACS's receiving side; every SR and key image it got must pass dciodvfy without errors."""
     r = Receiver().start()
     yield r
     r.stop()
-    for n, sr in enumerate(r.reports()):
-        path = tmp_path / f"received-sr-{n}.dcm"
-        sr.save_as(path, enforce_file_format=True)
+    for n, ds in enumerate(r.received):
+        path = tmp_path / f"received-{ds.Modality}-{n}.dcm"
+        ds.save_as(path, enforce_file_format=True)
         assert dciodvfy_errors(path) == [], path
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pydicom
 import pydicom.data
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -39,7 +39,7 @@ def require_tool(name: str) -> str:
     """The path of a peer binary; missing in CI is a failure, elsewhere a skip."""
     import pytest
 
-    path = shutil.which(name)
+    path = shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")  # Orthanc is in sbin
     if path is None:
         if IN_CI:
             pytest.fail(f"{name} is not installed (.ci/run installs it)")
@@ -152,6 +152,10 @@ class Receiver:
     def reports(self) -> list[Dataset]:
         with self.lock:
             return [ds for ds in self.received if ds.Modality == "SR"]
+
+    def key_images(self) -> list[Dataset]:
+        with self.lock:
+            return [ds for ds in self.received if ds.SOPClassUID == SecondaryCaptureImageStorage]
 
     def stop(self) -> None:
         if self.server is not None:

@@ -68,3 +68,19 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_check_config_accepts_the_shipped_config_with_its_weights(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", "--config", str(REPO / "config.yaml")]) == 0
     assert "OK" in capsys.readouterr().out
+
+
+def test_destinations_need_a_way_to_receive(tmp_path: Path) -> None:
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    raw["peers"][0]["dicomweb_url"] = "ftp://pacs/dicom-web"
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, raw))
+    assert [p for p, _ in info.value.problems] == ["peers.0.dicomweb_url"]
+    del raw["peers"][0]["port"], raw["peers"][0]["dicomweb_url"]
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, raw))
+    assert {p for p, _ in info.value.problems} == {"routes.0.destinations.0", "routes.1.destinations.0"}
+    assert "neither a port nor a dicomweb_url" in str(info.value)
+    raw["peers"][0]["dicomweb_url"] = "http://127.0.0.1:8042/dicom-web/"
+    assert load_config(_write(tmp_path, raw)).peer("pacs").dicomweb_url == "http://127.0.0.1:8042/dicom-web"
+    assert load_config(_write(tmp_path, raw)).reports.key_image

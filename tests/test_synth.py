@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference.training.manipulations import families_for
+from inference.training.gan import GAN_FAMILY
 from inference.training.synth import SynthSpec, synthesise
+
+FAST_GAN = {"gan_steps": 20, "gan_sources": 16}  # a barely trained GAN: enough to check the plumbing
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -20,19 +22,22 @@ def _digest(folder: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("kind", ["xray", "ct"])
 def test_same_seed_same_bytes(tmp_path: Path, kind: str) -> None:
-    spec = SynthSpec(kind, 8, size=96, seed=7)
+    spec = SynthSpec(kind, 8, size=96, seed=7, **FAST_GAN)
     a = synthesise(spec, tmp_path / "a", progress=False)
     b = synthesise(spec, tmp_path / "b", progress=False)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert a.read_text() == b.read_text()
-    c = synthesise(SynthSpec(kind, 8, size=96, seed=8), tmp_path / "c", progress=False)
+    c = synthesise(SynthSpec(kind, 8, size=96, seed=8, **FAST_GAN), tmp_path / "c", progress=False)
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c") and c.exists()
 
 
 @pytest.mark.parametrize("kind", ["xray", "ct"])
 def test_labels_and_boxes(tmp_path: Path, kind: str) -> None:
-    families = families_for(kind)
-    manifest = synthesise(SynthSpec(kind, 2 * len(families), size=128, seed=3), tmp_path, progress=False)
+    spec = SynthSpec(kind, 0, size=128, seed=3, **FAST_GAN)
+    families = spec.family_names()
+    assert GAN_FAMILY in families
+    manifest = synthesise(SynthSpec(kind, 2 * len(families), size=128, seed=3, **FAST_GAN), tmp_path,
+                          progress=False)
     rows = list(csv.DictReader(manifest.read_text().splitlines()))
     assert len(rows) == 4 * len(families)
     seen = set()
@@ -42,9 +47,18 @@ def test_labels_and_boxes(tmp_path: Path, kind: str) -> None:
         seen.add(fake["manipulation"])
         a = np.asarray(Image.open(tmp_path / pristine["path"]), dtype=np.int32)
         b = np.asarray(Image.open(tmp_path / fake["path"]), dtype=np.int32)
+        assert a.shape == b.shape
+        if fake["manipulation"] == GAN_FAMILY:  # a whole generated image: no box, nothing shared
+            assert fake["box"] == "" and (a != b).mean() > 0.9
+            continue
         r0, c0, r1, c1 = map(int, fake["box"].split())
         outside = np.ones(a.shape, dtype=bool)
         outside[r0:r1, c0:c1] = False
         assert (a[outside] == b[outside]).all(), fake["manipulation"]
         assert (a[r0:r1, c0:c1] != b[r0:r1, c0:c1]).mean() > 0.01, fake["manipulation"]
     assert seen == set(families)
+
+
+def test_unknown_family_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown manipulation family ct_lesion_inject for xray"):
+        synthesise(SynthSpec("xray", 2, families=("ct_lesion_inject",)), tmp_path, progress=False)

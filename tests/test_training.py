@@ -47,7 +47,7 @@ def test_folder_and_csv_layouts(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_train_then_evaluate_reproduces_the_card(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["synth", "--kind", "knee", "--count", "24", "--size", "96", "--seed", "4", "--workers", "1",
-                 "--out", str(tmp_path / "data")]) == 0
+                 "--gan-steps", "20", "--gan-sources", "16", "--out", str(tmp_path / "data")]) == 0
     weights = tmp_path / "weights"
     assert main(["train", "--data", str(tmp_path / "data"), "--model", "knee", "--input-size", "64",
                  "--epochs", "2", "--batch-size", "8", "--workers", "0", "--region-weight", "1",

@@ -18,7 +18,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from inference.preprocess import CT_PNG_OFFSET
-from inference.training.manipulations import families_for
+from inference.training.gan import GAN_FAMILY, GanSynthesiser, to_gan_size, train_gan
+from inference.training.manipulations import Tampered, families_for
 from inference.training.phantoms import knee_radiograph, lung_ct_slice
 from inference.training.sources import random_crop, real_images
 
@@ -35,7 +36,19 @@ class SynthSpec:
     size: int = 320
     seed: int = 0
     real_fraction: float = 0.15
-    families: tuple[str, ...] = ()  # empty: every family that applies to the kind
+    families: tuple[str, ...] = ()  # empty: every family that applies to the kind, the GAN included
+    gan_steps: int = 1500  # training steps of the synthesis GAN (when the "gan" family is made)
+    gan_sources: int = 512  # pristine images the GAN learns from
+
+    def family_names(self) -> list[str]:
+        """The families this run makes, in the order sources cycle through them."""
+        names = [*families_for(self.kind), GAN_FAMILY]
+        chosen = [n for n in names if not self.families or n in self.families]
+        unknown = set(self.families) - set(names)
+        if unknown:
+            raise ValueError(f"unknown manipulation family {', '.join(sorted(unknown))} for {self.kind}; "
+                             f"known: {', '.join(names)}")
+        return chosen
 
 
 @dataclass(frozen=True)
@@ -71,15 +84,30 @@ def write_png(values: np.ndarray, kind: str, path: Path) -> None:
     Image.fromarray(to_png_values(values, kind)).save(path)
 
 
-def make_pair(spec: SynthSpec, index: int, out_dir: Path) -> list[SynthRow]:
+def train_synthesis_gan(spec: SynthSpec, progress: bool = True) -> GanSynthesiser:
+    """The GAN of this run, trained on `gan_sources` pristine images drawn from the run's seed."""
+    rng = np.random.default_rng([spec.seed, 0x6A4])
+    images = []
+    for i in range(spec.gan_sources):
+        _, values = _source(rng, spec, 2_000_000 + i)
+        low, high = np.percentile(values, [0.5, 99.5])
+        images.append(to_gan_size(np.clip((values - low) / max(high - low, 1e-6), 0, 1)))
+    return GanSynthesiser(train_gan(np.stack(images), spec.gan_steps, spec.seed, progress=progress))
+
+
+def make_pair(spec: SynthSpec, index: int, out_dir: Path, gan: GanSynthesiser | None = None) -> list[SynthRow]:
     """Write the pristine and the manipulated image of source `index`."""
     rng = np.random.default_rng([spec.seed, index])
     group, pristine = _source(rng, spec, index)
-    families = families_for(spec.kind)
-    names = [n for n in families if not spec.families or n in spec.families]
+    names = spec.family_names()
     name = names[index % len(names)]
     _, donor = _source(rng, spec, index + 1_000_000)
-    tampered = families[name](rng, pristine, donor)
+    if name == GAN_FAMILY:
+        if gan is None:
+            raise ValueError("the gan family needs a trained synthesis GAN")
+        tampered = Tampered(gan.fake_like(rng, pristine), None)
+    else:
+        tampered = families_for(spec.kind)[name](rng, pristine, donor)
     rows = []
     for label, image, kind_name, box in ((0, pristine, "pristine", None), (1, tampered.image, name, tampered.box)):
         rel = f"{spec.kind}/{index:06d}_{label}.png"
@@ -89,14 +117,15 @@ def make_pair(spec: SynthSpec, index: int, out_dir: Path) -> list[SynthRow]:
     return rows
 
 
-def _make_pair_job(args: tuple[SynthSpec, int, Path]) -> list[SynthRow]:
+def _make_pair_job(args: tuple[SynthSpec, int, Path, GanSynthesiser | None]) -> list[SynthRow]:
     return make_pair(*args)
 
 
 def synthesise(spec: SynthSpec, out_dir: Path, workers: int = 1, progress: bool = True) -> Path:
     """Write `spec.count` pairs under `out_dir` and the manifest `out_dir/manifest.csv`."""
     (out_dir / spec.kind).mkdir(parents=True, exist_ok=True)
-    jobs = [(spec, i, out_dir) for i in range(spec.count)]
+    gan = train_synthesis_gan(spec, progress) if GAN_FAMILY in spec.family_names() else None
+    jobs = [(spec, i, out_dir, gan) for i in range(spec.count)]
     rows: list[SynthRow] = []
     bar = tqdm(total=spec.count, desc=f"synth {spec.kind}", unit="pair", disable=not progress)
     results: Iterator[list[SynthRow]]

@@ -1,0 +1,61 @@
+"""Where a classifier looks: a class-activation map and the box around its hottest region.
+
+For EfficientNet's average-pooled linear head, the map is the head applied to every cell of the
+last feature map; its mean is the image's logit, so the map splits the verdict over the image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.ndimage import label
+
+from inference.preprocess import letterbox_geometry
+
+FLAT_MAP = 1e-6  # logit spread below which a map points nowhere (numerical noise)
+
+
+@dataclass(frozen=True)
+class Box:
+    """A rectangle in source pixel coordinates: rows [row0, row1), columns [col0, col1)."""
+
+    row0: int
+    col0: int
+    row1: int
+    col1: int
+
+    def corners(self) -> list[tuple[float, float]]:
+        """The closed outline as (column, row) points, the order DICOM graphic data uses."""
+        r0, c0, r1, c1 = float(self.row0), float(self.col0), float(self.row1 - 1), float(self.col1 - 1)
+        return [(c0, r0), (c1, r0), (c1, r1), (c0, r1), (c0, r0)]
+
+
+def activation_maps(network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Per-cell logits (N, h, w) of a timm EfficientNet with a one-output linear head."""
+    features = network.forward_features(batch)  # type: ignore[operator]
+    head = network.get_classifier()  # type: ignore[operator]
+    return torch.einsum("nchw,c->nhw", features.float(), head.weight[0].float()) + head.bias[0].float()
+
+
+def hottest_box(cell_logits: np.ndarray, input_size: int, source_shape: tuple[int, int]) -> Box | None:
+    """The box around the connected hot region holding the map's maximum, in source pixels.
+
+    Hot means above the midpoint between the map's median and its maximum. None for a flat map."""
+    high, middle = float(cell_logits.max()), float(np.median(cell_logits))
+    if high - float(cell_logits.min()) < FLAT_MAP:
+        return None
+    regions, _ = label(cell_logits >= (high + middle) / 2)
+    peak = np.unravel_index(int(np.argmax(cell_logits)), cell_logits.shape)
+    rows, cols = np.nonzero(regions == regions[peak])
+    cell = input_size / cell_logits.shape[0], input_size / cell_logits.shape[1]
+    scale, top, left = letterbox_geometry(source_shape, input_size)
+
+    def to_source(value: float, offset: int, limit: int) -> int:
+        return int(np.clip(round((value - offset) / scale), 0, limit))
+
+    h, w = source_shape
+    box = Box(to_source(rows.min() * cell[0], top, h), to_source(cols.min() * cell[1], left, w),
+              to_source((rows.max() + 1) * cell[0], top, h), to_source((cols.max() + 1) * cell[1], left, w))
+    return box if box.row1 - box.row0 >= 2 and box.col1 - box.col0 >= 2 else None

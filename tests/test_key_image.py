@@ -1,0 +1,94 @@
+"""The key image beside the SR, and the region both of them show."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from inference.model import load_classifier
+from node.db import Database
+from node.service import Node
+from tests.conftest import node_config, write_test_model
+from tests.helpers import Receiver, copy_with_new_uids, ct_series, real_file, send, wait_for
+from tests.sr_contract import check_key_image, check_report, region_box, region_groups
+
+
+@pytest.fixture(scope="module")
+def flagging_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Models whose threshold flags everything: every series is suspected and gets a region."""
+    folder = tmp_path_factory.mktemp("flagging")
+    write_test_model(folder, "knee", "xray", threshold=0.01)
+    write_test_model(folder, "lung", "ct", threshold=0.01)
+    return folder
+
+
+def _node(tmp_path: Path, models: Path, receiver: Receiver, **overrides) -> Node:
+    classifiers = {name: load_classifier(models / f"{name}.json") for name in ("knee", "lung")}
+    return Node(node_config(tmp_path / "var", models, receiver.port, **overrides), classifiers).start(port=0)
+
+
+def test_suspected_radiograph_gets_a_region_and_an_outlined_key_image(
+        tmp_path: Path, flagging_models: Path, receiver: Receiver) -> None:
+    node = _node(tmp_path, flagging_models, receiver)
+    try:
+        files = [copy_with_new_uids(real_file("RG3_UNCR.dcm"), tmp_path / "in")]
+        assert send(files, node.port) == [0x0000]
+        wait_for(lambda: receiver.reports() and receiver.key_images(), timeout=60)
+    finally:
+        node.stop()
+    sr, image = receiver.reports()[0], receiver.key_images()[0]
+    check_report(sr, files, tmp_path)
+    assert sr.SeriesDescription == "DEEPFAKE SCREEN: SUSPECTED"
+    source = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert len(region_groups(sr)) == 1 and region_box(region_groups(sr)[0])[0] == source.SOPInstanceUID
+    check_key_image(image, sr, files)
+    assert image.SeriesInstanceUID not in (sr.SeriesInstanceUID, source.SeriesInstanceUID)
+
+
+def test_ct_key_image_shows_the_most_suspicious_slice(
+        tmp_path: Path, flagging_models: Path, receiver: Receiver) -> None:
+    node = _node(tmp_path, flagging_models, receiver)
+    try:
+        files = ct_series(tmp_path / "ct", slices=12)
+        assert send(files, node.port) == [0x0000] * 12
+        wait_for(lambda: receiver.reports() and receiver.key_images(), timeout=60)
+    finally:
+        node.stop()
+    sr, image = receiver.reports()[0], receiver.key_images()[0]
+    check_report(sr, files, tmp_path)
+    check_key_image(image, sr, files)
+    assert image.PatientOrientation == ["L", "P"]  # from the axial slices' orientation
+
+
+def test_key_image_can_be_switched_off(tmp_path: Path, model_dir: Path, receiver: Receiver) -> None:
+    node = _node(tmp_path, model_dir, receiver, reports={"key_image": False})
+    try:
+        files = [copy_with_new_uids(real_file("RG3_UNCR.dcm"), tmp_path / "in")]
+        assert send(files, node.port) == [0x0000]
+        wait_for(lambda: receiver.reports(), timeout=60)
+        wait_for(lambda: "1 sent" in _status(node), timeout=10)
+    finally:
+        node.stop()
+    assert receiver.key_images() == []
+
+
+def _status(node: Node) -> str:
+    from node.status import status_report
+
+    return status_report(node.config)
+
+
+def test_database_from_an_older_release_gains_the_key_image_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    Database(path).close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("ALTER TABLE reports DROP COLUMN key_image_path")
+    db = Database(path)
+    with sqlite3.connect(path) as connection:
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(reports)")}
+    db.close()
+    assert "key_image_path" in columns
