@@ -27,6 +27,8 @@ from node.errors import NotEvaluable
 # Synthesised CT images are 16-bit PNGs holding HU + CT_PNG_OFFSET.
 CT_PNG_OFFSET = 1024
 MIN_SIDE = 32
+MAX_FRAME_PIXELS = 1 << 26  # 8192 x 8192: larger claims are refused before anything is decoded
+MAX_TOTAL_PIXELS = 1 << 28  # all frames together (about 1 GiB as float32)
 
 
 @dataclass(frozen=True)
@@ -77,9 +79,15 @@ def check_evaluable(ds: Dataset) -> None:
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
     if "LOCALIZER" in image_type or "SCOUT" in image_type:
         raise NotEvaluable("localizer (scout) image")
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    try:
+        rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as exc:
+        raise NotEvaluable(f"unusable image size attributes: {exc}") from exc
     if rows < MIN_SIDE or cols < MIN_SIDE:
         raise NotEvaluable(f"image too small ({rows}x{cols})")
+    if rows * cols > MAX_FRAME_PIXELS or rows * cols * max(frames, 1) > MAX_TOTAL_PIXELS or frames < 1:
+        raise NotEvaluable(f"claims {frames} frame(s) of {rows}x{cols} pixels, beyond what the node decodes")
 
 
 def frames_in_modality_units(ds: Dataset) -> list[np.ndarray]:
@@ -102,6 +110,8 @@ def frames_in_modality_units(ds: Dataset) -> list[np.ndarray]:
             values = pixels[index].astype(np.float32) * slope + intercept
         else:
             values = np.asarray(apply_modality_lut(pixels[index], ds), dtype=np.float32)
+        if not np.isfinite(values).all():
+            raise NotEvaluable("pixel values are not finite after the Modality LUT (bad rescale attributes)")
         out.append(values)
     return out
 

@@ -104,6 +104,8 @@ def score_files(classifier: Classifier, paths: Iterable[Path]) -> tuple[SeriesRe
                 shapes.append(frame.source_shape)
         except NotEvaluable as exc:
             results.append(ImageResult(uid, None, None, str(exc)))
+        except Exception as exc:  # malformed attributes surface as many types; one image never fails a series
+            results.append(ImageResult(uid, None, None, f"cannot be prepared: {exc.__class__.__name__}: {exc}"))
         for keyword in _PIXEL_KEYWORDS:  # keep the series' memory to headers
             if keyword in ds:
                 del ds[keyword]

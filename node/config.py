@@ -41,6 +41,7 @@ class NodeSettings(_Strict):
     max_associations: int = Field(10, ge=1, le=200)
     network_timeout_seconds: float = Field(60, gt=0)
     max_pdu_size: int = Field(0, ge=0, description="0: no limit, the fastest on receive")
+    drain_seconds: float = Field(30, ge=0, description="on stop, how long open associations may finish")
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
@@ -49,6 +50,12 @@ class StorageSettings(_Strict):
     """Where the spool, the reports and the database live."""
 
     data_dir: Path = Path("var")
+    max_spool_bytes: int = Field(0, ge=0, description="cap on received instances kept; 0: no cap")
+    min_free_bytes: int = Field(256 * 1024 * 1024, ge=0,
+                                description="refuse instances (0xA700) when the disk would have less free")
+    retention_hours: float = Field(24.0, ge=0, description="keep received instances this long after their "
+                                                           "report was delivered to every destination")
+    retention_check_seconds: float = Field(60.0, gt=0, description="how often retention looks for expired files")
 
     @property
     def spool_dir(self) -> Path:

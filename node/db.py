@@ -55,6 +55,7 @@ class Instance(Base):
     transfer_syntax: Mapped[str] = mapped_column(String(64))
     received_at: Mapped[float] = mapped_column(Float)
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    purged_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # file deleted by retention
 
 
 class Report(Base):

@@ -56,6 +56,7 @@ class Deliverer:
             if destination not in names:
                 self._finish(delivery_id, SendOutcome(False, False, None, f"peer {destination!r} is not configured"))
                 continue
+            log.info("sending report delivery %d (%d file(s)) to %s", delivery_id, len(files), destination)
             outcome = self.send(files, self.config.peer(destination))
             self._finish(delivery_id, outcome)
             delivered += outcome.delivered

@@ -23,7 +23,7 @@ from node.config import Config
 from node.db import Database, Delivery, Instance, Report, Series
 from scp.spool import write_atomically
 from sr.key_image import build_key_image
-from sr.report import ReportIdentity, build_report, report_uids
+from sr.report import ReportIdentity, build_report, citable, report_uids
 from sr.uids import ObjectIdentity
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,8 @@ class Evaluator:
                 return None
             version = series.received_version
             files = {uid: Path(p) for uid, p in s.execute(
-                select(Instance.sop_instance_uid, Instance.path).where(Instance.series_id == series_id)
+                select(Instance.sop_instance_uid, Instance.path).where(Instance.series_id == series_id,
+                                                                       Instance.purged_at.is_(None))
                 .order_by(Instance.received_at, Instance.id))}
             previous = s.scalars(select(Report).where(Report.series_id == series_id)
                                  .order_by(Report.version.desc())).first()
@@ -92,8 +93,16 @@ class Evaluator:
             self._record_failure(series_id, f"route {series.route!r} or its model is no longer configured")
             return None
         classifier = self.classifiers[route.model]
+        log.info("evaluating series %s, version %d: %d file(s) with %s", series.series_uid, version, len(files),
+                 route.model)
         started = time.monotonic()
         result, headers = score_files(classifier, list(files.values()))
+        if not citable(headers):  # nothing to hang a report on: recorded, not raised
+            reasons = sorted({r.reason or "" for r in result.images})[:3]
+            log.warning("series %s: no instance can be cited in a report (%s); not evaluated", series.series_uid,
+                        "; ".join(reasons))
+            self._record_failure(series_id, "not evaluated: no usable instance: " + "; ".join(reasons))
+            return None
         sr_series_uid, sr_uid = report_uids(series.series_uid, version)
         identity = ReportIdentity(self.device_uid, self.config.node.ae_title, "dfnode", sr_series_uid, sr_uid, version)
         previous_ds = _read_previous(previous)

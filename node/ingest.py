@@ -18,6 +18,7 @@ from node.config import Config
 from node.db import Database, Instance, Series
 from node.errors import SpoolError
 from node.routing import SeriesTags, route_for
+from node.spool_budget import SpoolBudget
 from scp.spool import write_atomically
 from scp.storage_scp import ReceivedInstance
 
@@ -32,24 +33,29 @@ def spool_path(spool_dir: Path, instance: ReceivedInstance) -> Path:
 class Ingest:
     """The `InstanceSink` of the Storage SCP."""
 
-    def __init__(self, config: Config, db: Database, wake: threading.Event | None = None):
+    def __init__(self, config: Config, db: Database, budget: SpoolBudget, wake: threading.Event | None = None):
         self.config = config
         self.db = db
+        self.budget = budget
         self.wake = wake or threading.Event()
 
     def store(self, instance: ReceivedInstance) -> None:
+        """Spool and record one instance; `SpoolError` (answered 0xA700) when either cannot be done."""
+        self.budget.reserve(instance.nbytes)
         path = spool_path(self.config.storage.spool_dir, instance)
         size = write_atomically(path, instance.write)
         try:
-            self._record(instance, path, size)
+            self.budget.added(size - self._record(instance, path, size))
         except SQLAlchemyError as exc:
             raise SpoolError(f"database write failed: {exc.__class__.__name__}") from exc
         log.info("stored %s (series %s, %d bytes, from %s)", instance.sop_instance_uid, instance.series_uid,
                  size, instance.calling_ae)
         self.wake.set()
 
-    def _record(self, instance: ReceivedInstance, path: Path, size: int) -> None:
+    def _record(self, instance: ReceivedInstance, path: Path, size: int) -> int:
+        """Record the instance; returns the size of the file it replaced (0 for a new one)."""
         now = time.time()
+        replaced = 0
         with self.db.write_lock, self.db.session() as s, s.begin():
             series = s.scalars(select(Series).where(Series.series_uid == instance.series_uid)).first()
             if series is None:
@@ -63,10 +69,13 @@ class Ingest:
                                transfer_syntax=instance.transfer_syntax, received_at=now,
                                calling_ae=instance.calling_ae))
                 series.instance_count += 1
-            else:  # sent again: the new copy replaced the old file
+            else:  # sent again: the new copy replaced the old file (or came back after retention)
+                replaced = row.size if row.purged_at is None else 0
                 row.size, row.received_at, row.transfer_syntax = size, now, instance.transfer_syntax
+                row.purged_at = None
             series.last_received_at = now
             series.received_version += 1
+        return replaced
 
     def _new_series(self, instance: ReceivedInstance, now: float) -> Series:
         header = instance.header

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from node.delivery import Deliverer
 from node.errors import ModelLoadError
 from node.evaluation import Evaluator
 from node.ingest import Ingest
+from node.retention import Retention
+from node.spool_budget import SpoolBudget
+from scp.spool import remove_partial_files
 from scp.storage_scp import PeerPolicy, start_storage_scp
 
 log = logging.getLogger(__name__)
@@ -104,7 +108,10 @@ class Node:
         self.stop_event = threading.Event()
         self.evaluate_wake = threading.Event()
         self.deliver_wake = threading.Event()
-        self.ingest = Ingest(config, self.db, self.evaluate_wake)
+        self.retention_wake = threading.Event()
+        self.budget = SpoolBudget(config.storage, self.db)
+        self.ingest = Ingest(config, self.db, self.budget, self.evaluate_wake)
+        self.retention = Retention(config, self.db, self.budget)
         self.evaluator = Evaluator(config, self.db, self.classifiers, _device_uid(config.storage.data_dir))
         self.deliverer = Deliverer(config, self.db)
         self.server: ThreadedAssociationServer | None = None
@@ -122,6 +129,10 @@ class Node:
         return done
 
     def start(self, port: int | None = None) -> Node:
+        for folder in (self.config.storage.spool_dir, self.config.storage.reports_dir):
+            removed = remove_partial_files(folder)
+            if removed:
+                log.warning("removed %d partial file(s) in %s left by an interrupted run", removed, folder)
         policy = PeerPolicy.from_config(self.config.node, self.config.peers,
                                         self.config.security.require_known_peers)
         self.server = start_storage_scp(self.config.node, policy, self.ingest, self.db.record_association, port)
@@ -129,22 +140,41 @@ class Node:
             _Loop("evaluator", self._evaluate_step, self.evaluate_wake, self.stop_event, 0.5),
             _Loop("deliverer", self.deliverer.run_once, self.deliver_wake, self.stop_event,
                   self.config.sending.poll_seconds),
+            _Loop("retention", self.retention.run_once, self.retention_wake, self.stop_event,
+                  self.config.storage.retention_check_seconds),
         ]
         for thread in self.threads:
             thread.start()
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop accepting, let in-flight work finish its step, close the database."""
+        """Stop accepting, let open associations finish (up to `node.drain_seconds`, then abort them),
+        let the workers finish their step, close the database."""
         if self.server is not None:
-            self.server.shutdown()
+            self._drain(self.server)
             self.server = None
         self.stop_event.set()
-        self.evaluate_wake.set()
-        self.deliver_wake.set()
+        for wake in (self.evaluate_wake, self.deliver_wake, self.retention_wake):
+            wake.set()
         for thread in self.threads:
             thread.join(timeout)
         self.db.close()
+
+
+    def _drain(self, server: ThreadedAssociationServer) -> None:
+        server.shutdown()  # the listening socket closes; open associations go on in their threads
+        deadline = time.monotonic() + self.config.node.drain_seconds
+        open_associations = server.active_associations
+        if open_associations:
+            log.info("waiting up to %.0fs for %d open association(s) to finish", self.config.node.drain_seconds,
+                     len(open_associations))
+        while open_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+            open_associations = server.active_associations
+        for assoc in open_associations:
+            log.warning("aborting association with %s after %.0fs: it did not finish",
+                        assoc.requestor.ae_title, self.config.node.drain_seconds)
+            assoc.abort()
 
 
 def run_forever(config: Config) -> int:
@@ -157,6 +187,7 @@ def run_forever(config: Config) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopped.set())
     stopped.wait()
-    log.info("stopping")
+    log.info("stopping: no new associations; finishing the open ones")
     node.stop()
+    log.info("stopped")
     return 0

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import Counter
 
 from sqlalchemy import func, select
 
 from node.config import Config
-from node.db import Database, Delivery, Report, Series
+from node.db import Database, Delivery, Instance, Report, Series
 from node.tables import format_table
 
 
@@ -27,6 +28,20 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.0f}h ago"
 
 
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB"
+
+
+def _disk_use(config: Config, held: int, held_files: int, purged_files: int) -> str:
+    """Spool use against its cap, and the disk's free space against the reserve."""
+    storage = config.storage
+    cap = f" of {_mib(storage.max_spool_bytes)} cap" if storage.max_spool_bytes else " (no cap)"
+    free = shutil.disk_usage(storage.data_dir).free
+    return (f"spool: {held_files} file(s), {_mib(held)}{cap}; {purged_files} deleted by retention "
+            f"({storage.retention_hours:g} h after delivery); disk: {_mib(free)} free, "
+            f"{_mib(storage.min_free_bytes)} kept free")
+
+
 def status_report(config: Config, limit: int = 20) -> str:
     """A table of the most recently received series."""
     if not config.storage.database_path.exists():
@@ -37,6 +52,9 @@ def status_report(config: Config, limit: int = 20) -> str:
         with db.session() as s:
             series = list(s.scalars(select(Series).order_by(Series.last_received_at.desc()).limit(limit)))
             total = s.scalar(select(func.count(Series.id))) or 0
+            held_files, held = s.execute(select(func.count(Instance.id), func.coalesce(func.sum(Instance.size), 0))
+                                         .where(Instance.purged_at.is_(None))).one()
+            purged_files = s.scalar(select(func.count(Instance.id)).where(Instance.purged_at.is_not(None))) or 0
             rows = []
             for se in series:
                 latest = s.scalars(select(Report).where(Report.series_id == se.id)
@@ -57,6 +75,7 @@ def status_report(config: Config, limit: int = 20) -> str:
                              _delivery_summary(states)])
     finally:
         db.close()
-    header = f"{total} series received; the {len(rows)} most recent:"
+    header = (f"{_disk_use(config, held, held_files, purged_files)}\n"
+              f"{total} series received; the {len(rows)} most recent:")
     return header + "\n" + format_table(["received", "series (tail)", "mod", "images", "route", "state",
                                          "score", "verdict", "SR"], rows)

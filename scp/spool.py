@@ -11,12 +11,27 @@ from typing import BinaryIO
 
 from node.errors import SpoolError
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
 def is_valid_uid(value: str) -> bool:
-    """A DICOM UID: digits and dots, at most 64 characters (also keeps paths safe)."""
+    """A DICOM UID: numeric components without leading zeroes, joined by dots, at most 64 characters
+    (also keeps paths safe)."""
     return 0 < len(value) <= 64 and bool(_UID.match(value))
+
+
+PARTIAL_PREFIX = ".incoming-"
+
+
+def remove_partial_files(root: Path) -> int:
+    """Delete the temporary files of writes that a crash interrupted (nothing was acknowledged for
+    them); returns how many. Call only when no write is in progress."""
+    removed = 0
+    if root.is_dir():
+        for partial in root.rglob(f"{PARTIAL_PREFIX}*"):
+            partial.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> int:
@@ -26,7 +41,7 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> int:
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=PARTIAL_PREFIX, dir=path.parent)
     except OSError as exc:
         raise SpoolError(f"cannot create a file in {path.parent}: {exc.strerror or exc}") from exc
     replaced = False

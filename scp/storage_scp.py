@@ -40,6 +40,7 @@ class ReceivedInstance:
     calling_ae: str
     header: Dataset
     write: Callable[[BinaryIO], None]
+    nbytes: int = 0  # the dataset's encoded size, for the spool's budget
 
 
 class InstanceSink(Protocol):
@@ -97,10 +98,13 @@ def _handle_requested(event: evt.Event, policy: PeerPolicy, audit: AuditFn) -> N
     address = event.assoc.requestor.address
     try:
         verdict = policy.rejection(calling, called, address)
-        audit(address, calling, called, verdict is None, verdict[1] if verdict else "")
     except Exception:  # a handler must never raise into pynetdicom
         log.exception("association check failed; rejecting")
         verdict = (statuses.REJECT_NO_REASON, "internal error while checking the peer")
+    try:
+        audit(address, calling, called, verdict is None, verdict[1] if verdict else "")
+    except Exception as exc:  # a full disk must not turn away a peer that may echo or get 0xA700 answers
+        log.error("association record not written (%s); deciding without it", exc.__class__.__name__)
     if verdict is not None:
         log.warning("association rejected: %s (calling %r, called %r, from %s)", verdict[1], calling, called,
                     address)
@@ -144,7 +148,8 @@ def _checked_instance(event: evt.Event) -> ReceivedInstance | tuple[int, str]:
         return statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPClassUID differs from the C-STORE request's"
     raw = request.DataSet.getvalue() if request.DataSet is not None else b""
     return ReceivedInstance(sop_class, sop_uid, study_uid, series_uid, str(event.context.transfer_syntax),
-                            event.assoc.requestor.ae_title.strip(), header, _part10_writer(event.file_meta, raw))
+                            event.assoc.requestor.ae_title.strip(), header, _part10_writer(event.file_meta, raw),
+                            len(raw))
 
 
 def _handle_store(event: evt.Event, sink: InstanceSink) -> int:

@@ -95,9 +95,23 @@ def _source_ref(image: Dataset, result: ImageResult) -> hd.sr.SourceImageForMeas
     return hd.sr.SourceImageForMeasurementGroup.from_source_image(image, referenced_frame_numbers=frames)
 
 
+def citable(sources: Sequence[Dataset]) -> list[Dataset]:
+    """The instances an SR can reference: those with the image attributes a source image needs."""
+    usable = []
+    for ds in sources:
+        try:
+            hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)
+        except (ValueError, TypeError, AttributeError, KeyError):
+            continue
+        usable.append(ds)
+    return usable
+
+
 def build_report(sources: Sequence[Dataset], result: SeriesResult, identity: ReportIdentity,
                  previous: Dataset | None = None) -> hd.sr.Comprehensive3DSR:
-    """The SR for one evaluated series. `sources` are the series' instances (headers suffice)."""
+    """The SR for one evaluated series. `sources` are the series' instances (headers suffice); those
+    that cannot be cited (see `citable`) are left out."""
+    sources = citable(sources)
     if not sources:
         raise ValueError("SourceImageSequence: a report needs at least one source instance")
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}

@@ -51,7 +51,12 @@ def classifiers(model_dir: Path):
 
 def node_config(data_dir: Path, model_dir: Path, receiver_port: int = 11113, **overrides) -> Config:
     """The shipped config's shape, on temporary folders, with short stable times and backoff."""
-    raw = {
+    return parse_config(node_config_raw(data_dir, model_dir, receiver_port, **overrides), "test-config")
+
+
+def node_config_raw(data_dir: Path, model_dir: Path, receiver_port: int = 11113, **overrides) -> dict:
+    """`node_config` as the YAML document it comes from (for a `dfnode serve` process)."""
+    raw: dict = {
         "node": {"ae_title": "DFNODE", "bind_address": "127.0.0.1", "port": 11112},
         "storage": {"data_dir": str(data_dir)},
         "peers": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": receiver_port}],
@@ -72,7 +77,7 @@ def node_config(data_dir: Path, model_dir: Path, receiver_port: int = 11113, **o
             raw[section] = {**raw.get(section, {}), **values}
         else:
             raw[section] = values
-    return parse_config(raw, "test-config")
+    return raw
 
 
 @pytest.fixture

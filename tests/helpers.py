@@ -56,6 +56,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listening(port: int) -> bool:
+    """Whether anything accepts TCP connections on the loopback port (pynetdicom leaks a socket
+    when it tries a port nobody listens on, so ask with a plain connect)."""
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.1) -> object:
     """Poll until `predicate()` is truthy; fail with a clear message at the deadline."""
     deadline = time.monotonic() + timeout
@@ -123,11 +135,13 @@ class Receiver:
 
     ae_title: str = "PACS"
     status: int = 0x0000
+    delay: float = 0.0  # seconds before each answer: a slow PACS
     received: list[Dataset] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: object = None
 
     def _on_store(self, event: evt.Event) -> int:
+        time.sleep(self.delay)
         if self.status != 0x0000:
             return self.status
         ds = event.dataset
@@ -138,6 +152,7 @@ class Receiver:
 
     def start(self, port: int = 0) -> Receiver:
         ae = AE(ae_title=self.ae_title)
+        ae.maximum_associations = 100  # a PACS takes many; in-process tests also leave finished threads behind
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)

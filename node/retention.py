@@ -1,0 +1,64 @@
+"""Retention: received instances are deleted `retention_hours` after their series' report reached
+every destination. Nothing is deleted before that: a series with a pending or failed delivery, or
+with instances not yet evaluated, keeps all its files."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from sqlalchemy import case, func, select, update
+
+from node.config import Config
+from node.db import Database, Delivery, Instance, Report, Series
+from node.spool_budget import SpoolBudget
+
+log = logging.getLogger(__name__)
+
+
+class Retention:
+    def __init__(self, config: Config, db: Database, budget: SpoolBudget):
+        self.config = config
+        self.db = db
+        self.budget = budget
+
+    def expired_series(self, now: float) -> list[int]:
+        """Series whose current report was delivered everywhere before the retention period."""
+        cutoff = now - self.config.storage.retention_hours * 3600
+        with self.db.session() as s:
+            delivered = (select(Report.series_id, func.max(Delivery.sent_at).label("last_sent"),
+                                func.count(Delivery.id).label("total"),
+                                func.sum(case((Delivery.state == "sent", 1), else_=0)).label("sent"))
+                         .join(Delivery, Delivery.report_id == Report.id)
+                         .where(Report.superseded.is_(False))
+                         .group_by(Report.series_id).subquery())
+            rows = s.execute(select(Series.id).join(delivered, delivered.c.series_id == Series.id)
+                             .where(delivered.c.total == delivered.c.sent, delivered.c.last_sent <= cutoff,
+                                    Series.received_version == Series.evaluated_version)).all()
+            with_files = {r[0] for r in s.execute(select(Instance.series_id).where(Instance.purged_at.is_(None))
+                                                  .distinct()).all()}
+        return [r[0] for r in rows if r[0] in with_files]
+
+    def run_once(self) -> int:
+        """Delete the files of every expired series; returns how many files were deleted."""
+        deleted = 0
+        now = time.time()
+        for series_id in self.expired_series(now):
+            deleted += self._purge(series_id, now)
+        return deleted
+
+    def _purge(self, series_id: int, now: float) -> int:
+        with self.db.session() as s:
+            files = list(s.execute(select(Instance.id, Instance.path, Instance.size)
+                                   .where(Instance.series_id == series_id, Instance.purged_at.is_(None))).all())
+        freed = 0
+        for _, path, size in files:
+            Path(path).unlink(missing_ok=True)
+            freed += size
+        with self.db.write_lock, self.db.session() as s, s.begin():
+            s.execute(update(Instance).where(Instance.id.in_([f[0] for f in files])).values(purged_at=now))
+        self.budget.released(freed)
+        log.info("retention: deleted %d file(s), %d bytes, of series id %d (report delivered)", len(files), freed,
+                 series_id)
+        return len(files)
