@@ -58,17 +58,23 @@ def report_uids(source_series_uid: str, version: int) -> tuple[str, str]:
     return derived_uids(source_series_uid, version, "sr")
 
 
+def _score_content(uid_seed: str, label: str, score: float, threshold: float,
+                   algorithm: hd.sr.AlgorithmIdentification) -> dict:
+    """What every group holds: tracking, algorithm, DFN001 score (%) and DFN002 verdict."""
+    return {
+        "tracking_identifier": hd.sr.TrackingIdentifier(uid=generate_uid(entropy_srcs=[uid_seed]), identifier=label),
+        "algorithm_id": algorithm,
+        "measurements": [hd.sr.Measurement(name=MANIPULATION_SCORE, value=round(score * 100, 2), unit=PERCENT,
+                                           algorithm_id=algorithm)],
+        "qualitative_evaluations": [hd.sr.QualitativeEvaluation(MANIPULATION_SUSPECTED,
+                                                                YES if score >= threshold else NO)],
+    }
+
+
 def _group(uid_seed: str, label: str, score: float, threshold: float, algorithm: hd.sr.AlgorithmIdentification,
            sources: list[hd.sr.SourceImageForMeasurementGroup]) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(entropy_srcs=[uid_seed]), identifier=label),
-        algorithm_id=algorithm,
-        measurements=[hd.sr.Measurement(name=MANIPULATION_SCORE, value=round(score * 100, 2), unit=PERCENT,
-                                        algorithm_id=algorithm)],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(MANIPULATION_SUSPECTED,
-                                                             YES if score >= threshold else NO)],
-        source_images=sources,
-    )
+        source_images=sources, **_score_content(uid_seed, label, score, threshold, algorithm))
 
 
 def _region_group(uid_seed: str, finding: Finding, image: Dataset, threshold: float,
@@ -81,13 +87,8 @@ def _region_group(uid_seed: str, finding: Finding, image: Dataset, threshold: fl
         graphic_data=np.array(finding.box.corners(), dtype=np.float32),
         source_image=hd.sr.SourceImageForRegion.from_source_image(image, referenced_frame_numbers=frames))
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(entropy_srcs=[uid_seed]),
-                                                     identifier="suspicious region"),
-        referenced_region=region, algorithm_id=algorithm,
-        measurements=[hd.sr.Measurement(name=MANIPULATION_SCORE, value=round(finding.score * 100, 2), unit=PERCENT,
-                                        algorithm_id=algorithm)],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(MANIPULATION_SUSPECTED,
-                                                             YES if finding.score >= threshold else NO)])
+        referenced_region=region,
+        **_score_content(uid_seed, "suspicious region", finding.score, threshold, algorithm))
 
 
 def _source_ref(image: Dataset, result: ImageResult) -> hd.sr.SourceImageForMeasurementGroup:
