@@ -1,10 +1,10 @@
-# The README's two commands: `make serve` and `make test`.
+# The README's commands: `make serve`, `make test` and `make bench`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: serve test lint clean
+.PHONY: serve test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,14 @@ serve: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
 
+bench: $(STAMP)
+	$(BIN)/python -m bench.inference
+	$(BIN)/python -m bench.receive
+	$(BIN)/python -m bench.end_to_end
+	$(BIN)/python -m bench.memory
+
 lint: $(STAMP)
-	$(BIN)/ruff check scp inference sr node tests
+	$(BIN)/ruff check scp inference sr node tests bench
 	$(BIN)/mypy
 
 clean:

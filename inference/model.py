@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import timm
@@ -61,6 +62,11 @@ class Classifier:
     network: torch.nn.Module
     device: torch.device
     batch_size: int = 8
+    runner: Callable[[torch.Tensor], torch.Tensor] | None = None  # scores batches instead of `network`
+
+    @property
+    def backend(self) -> str:
+        return "torch" if self.runner is None else "onnxruntime"
 
     @property
     def name(self) -> str:
@@ -79,7 +85,7 @@ class Classifier:
                 chunk = images[start:start + self.batch_size]
                 batch = to_batch(chunk, p.normalization_mean, p.normalization_std, p.residual_channel)
                 batch = batch.to(self.device)
-                logits = self.network(batch).float().reshape(-1)
+                logits = (self.runner or self.network)(batch).float().reshape(-1)
                 out.append(torch.sigmoid(logits).cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
@@ -92,8 +98,29 @@ class Classifier:
         return hottest_box(cells, self.card.input_size, source_shape)
 
 
-def load_classifier(card_path: Path, device: str = "cpu", batch_size: int = 8) -> Classifier:
-    """Load a card and its verified weights; `ModelLoadError` names the file and the fault."""
+Backend = Literal["auto", "torch", "onnxruntime"]
+
+
+def resolve_backend(backend: Backend, device: str) -> Literal["torch", "onnxruntime"]:
+    """`auto`: onnxruntime on a CPU when it is installed, PyTorch otherwise."""
+    from inference import onnx_runtime
+
+    if backend == "auto":
+        return "onnxruntime" if device == "cpu" and onnx_runtime.available() else "torch"
+    if backend == "onnxruntime" and device != "cpu":
+        raise ModelLoadError(f"inference.backend onnxruntime runs on the CPU, not on {device!r}")
+    if backend == "onnxruntime" and not onnx_runtime.available():
+        raise ModelLoadError("inference.backend onnxruntime: the onnxruntime package is not installed")
+    return backend
+
+
+def load_classifier(card_path: Path, device: str = "cpu", batch_size: int = 8, backend: Backend = "torch",
+                    cache_dir: Path | None = None, threads: int = 0) -> Classifier:
+    """Load a card and its verified weights; `ModelLoadError` names the file and the fault.
+
+    With the onnxruntime backend the network is exported to `cache_dir` on first use (the PyTorch
+    network stays loaded for the activation maps of suspected images)."""
+    chosen = resolve_backend(backend, device)
     card = read_card(card_path)
     state = load_verified_weights(card.weights, card_path.parent)
     network = build_network(in_chans=card.in_chans)
@@ -105,4 +132,9 @@ def load_classifier(card_path: Path, device: str = "cpu", batch_size: int = 8) -
                              f"{card.architecture} ({first})") from None
     torch_device = torch.device(device)
     network = network.to(torch_device).eval().to(memory_format=torch.channels_last)
-    return Classifier(card, network, torch_device, batch_size)
+    runner = None
+    if chosen == "onnxruntime":
+        from inference.onnx_runtime import onnx_runner
+
+        runner = onnx_runner(network, card, cache_dir or card_path.parent / ".onnx-cache", threads)
+    return Classifier(card, network, torch_device, batch_size, runner)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -13,7 +14,7 @@ from pydicom.dataset import Dataset
 
 from inference.localisation import Box
 from inference.model import Classifier
-from inference.preprocess import prepare_dataset
+from inference.preprocess import Preprocessing, prepare_dataset
 from node.errors import NotEvaluable
 
 
@@ -80,47 +81,80 @@ def verdict_for(score: float | None, threshold: float) -> Verdict:
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
-def score_files(classifier: Classifier, paths: Iterable[Path]) -> tuple[SeriesResult, list[Dataset]]:
-    """Evaluate the DICOM files of one series; unusable images are reported, never raised.
+@dataclass
+class _PreparedChunk:
+    """Some files of a series read and prepared: model inputs, what they are, and what failed."""
 
-    Each file is read once; its header (the dataset without pixel data) comes back for the report."""
-    prep = classifier.card.preprocessing_spec()
-    pending: list[tuple[str, int | None]] = []
-    images = []
-    shapes: list[tuple[int, int]] = []
-    results: list[ImageResult] = []
-    headers: list[Dataset] = []
+    keys: list[tuple[str, int | None]]  # (SOP Instance UID, frame number) per image
+    images: list[np.ndarray]
+    shapes: list[tuple[int, int]]
+    failures: list[ImageResult]
+    headers: list[Dataset]
+
+
+def _prepare_chunk(paths: list[Path], prep: Preprocessing) -> _PreparedChunk:
+    """Read and prepare files; unusable images become failures, never exceptions."""
+    chunk = _PreparedChunk([], [], [], [], [])
     for path in paths:
         try:
             ds = dcmread(path)
             uid = str(ds.SOPInstanceUID)
         except Exception as exc:  # a spooled file that cannot be read is reported, not raised
-            results.append(ImageResult(path.stem, None, None, f"cannot be read: {exc}"))
+            chunk.failures.append(ImageResult(path.stem, None, None, f"cannot be read: {exc}"))
             continue
         try:
             for frame in prepare_dataset(ds, prep):
-                pending.append((uid, frame.frame_number))
-                images.append(frame.pixels)
-                shapes.append(frame.source_shape)
+                chunk.keys.append((uid, frame.frame_number))
+                chunk.images.append(frame.pixels)
+                chunk.shapes.append(frame.source_shape)
         except NotEvaluable as exc:
-            results.append(ImageResult(uid, None, None, str(exc)))
+            chunk.failures.append(ImageResult(uid, None, None, str(exc)))
         except Exception as exc:  # malformed attributes surface as many types; one image never fails a series
-            results.append(ImageResult(uid, None, None, f"cannot be prepared: {exc.__class__.__name__}: {exc}"))
+            chunk.failures.append(ImageResult(uid, None, None, f"cannot be prepared: {exc.__class__.__name__}: {exc}"))
         for keyword in _PIXEL_KEYWORDS:  # keep the series' memory to headers
             if keyword in ds:
                 del ds[keyword]
-        headers.append(ds)
-    probabilities = classifier.scores(images)
-    results.extend(ImageResult(uid, frame, float(p)) for (uid, frame), p in zip(pending, probabilities,
-                                                                                 strict=True))
-    evaluated = [r.score for r in results if r.score is not None]
-    score = aggregate(evaluated, classifier.card.series_aggregation) if evaluated else None
+        chunk.headers.append(ds)
+    return chunk
+
+
+def score_files(classifier: Classifier, paths: Iterable[Path]) -> tuple[SeriesResult, list[Dataset]]:
+    """Evaluate the DICOM files of one series; unusable images are reported, never raised.
+
+    Each file is read once; its header (the dataset without pixel data) comes back for the report.
+    The next batch of files is read and prepared on a second thread while the model scores this one,
+    and only the most suspicious image is kept, so a long series costs one batch of images in memory."""
+    prep = classifier.card.preprocessing_spec()
+    files = list(paths)
+    parts = [files[i:i + classifier.batch_size] for i in range(0, len(files), classifier.batch_size)]
+    failures: list[ImageResult] = []
+    evaluated: list[ImageResult] = []
+    headers: list[Dataset] = []
+    top: tuple[float, tuple[str, int | None], np.ndarray, tuple[int, int]] | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as pool:
+        upcoming = [pool.submit(_prepare_chunk, part, prep) for part in parts[:1]]
+        for n in range(len(parts)):
+            chunk = upcoming.pop().result()
+            if n + 1 < len(parts):
+                upcoming.append(pool.submit(_prepare_chunk, parts[n + 1], prep))
+            probabilities = classifier.scores(chunk.images)
+            failures += chunk.failures
+            headers += chunk.headers
+            evaluated += [ImageResult(uid, frame, float(p)) for (uid, frame), p in zip(chunk.keys, probabilities,
+                                                                                      strict=True)]
+            if len(probabilities):
+                best = int(np.argmax(probabilities))
+                if top is None or probabilities[best] > top[0]:
+                    top = (float(probabilities[best]), chunk.keys[best], chunk.images[best], chunk.shapes[best])
+    results = failures + evaluated
+    scores = [r.score for r in evaluated if r.score is not None]
+    score = aggregate(scores, classifier.card.series_aggregation) if scores else None
     verdict = verdict_for(score, classifier.card.threshold)
     focus = None
-    if len(probabilities):
-        top = int(np.argmax(probabilities))
-        box = classifier.localise(images[top], shapes[top]) if verdict is Verdict.SUSPECTED else None
-        focus = Finding(pending[top][0], pending[top][1], float(probabilities[top]), box)
+    if top is not None:
+        probability, (uid, frame), image, shape = top
+        box = classifier.localise(image, shape) if verdict is Verdict.SUSPECTED else None
+        focus = Finding(uid, frame, probability, box)
     result = SeriesResult(results, score, verdict, classifier.name, classifier.version, classifier.card.threshold,
                           focus)
     return result, headers

@@ -19,14 +19,30 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from node.config import load_config
+    from node.logs import configure_logging
     from node.service import run_forever
 
-    return run_forever(load_config(args.config))
+    config = load_config(args.config)
+    configure_logging(args.log_format or config.logging.format, "debug" if args.verbose else config.logging.level)
+    return run_forever(config)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from node.audit import AuditQuery
+    from node.audit_report import audit_report, parse_time
+    from node.config import load_config
+
+    query = AuditQuery(since=parse_time(args.since) if args.since else None,
+                       until=parse_time(args.until) if args.until else None,
+                       event=args.event, ae_title=args.ae, address=args.address, uid=args.uid, limit=args.limit)
+    print(audit_report(load_config(args.config), query, as_json=args.json))
+    return 0
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from node.config import load_config
     from node.service import check_models
+    from scp.tls import TlsContexts
 
     try:
         config = load_config(args.config)
@@ -36,6 +52,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
             print(f"  {path}: {message}", file=sys.stderr)
         return 2
     problems, warnings = check_models(config)
+    try:
+        TlsContexts(config)
+    except ConfigError as exc:
+        problems += exc.problems
     for path, message in problems:
         print(f"  {path}: {message}", file=sys.stderr)
     for warning in warnings:
@@ -141,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the node: receive, evaluate, send Structured Reports")
     _config_arg(p)
+    p.add_argument("--log-format", choices=["text", "json"], help="overrides logging.format in the config")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("check-config", help="validate a config and the models it routes to")
@@ -151,6 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("audit", help="the audit trail: associations, instances, job states, reports sent")
+    _config_arg(p)
+    p.add_argument("--since", help="30m, 2h, 7d or an ISO date-time")
+    p.add_argument("--until", help="30m, 2h, 7d or an ISO date-time")
+    p.add_argument("--event", help="an event or its prefix: association, association.rejected, instance, "
+                                   "series, report, delivery, retention, tls, node")
+    p.add_argument("--ae", help="calling or called AE title")
+    p.add_argument("--address", help="peer address")
+    p.add_argument("--uid", help="a study, series or SOP instance UID")
+    p.add_argument("--limit", type=int, default=100, help="the latest N events (default 100)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=_cmd_audit)
 
     p = sub.add_parser("predict", help="score DICOM or PNG files offline and print a table")
     _config_arg(p)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -69,11 +69,34 @@ class StorageSettings(_Strict):
     def database_path(self) -> Path:
         return self.data_dir / "dfnode.sqlite"
 
+    @property
+    def model_cache_dir(self) -> Path:
+        """Models exported for onnxruntime, named by their weights' hash."""
+        return self.data_dir / "model-cache"
+
 
 class SecuritySettings(_Strict):
     """Who may open associations with the node."""
 
     require_known_peers: bool = True
+
+
+class TlsSettings(_Strict):
+    """DICOM TLS: a TLS listener beside (or instead of) the plain one, and the files for TLS to peers
+    that have `tls: true`. Certificates and keys are PEM files."""
+
+    port: Port | None = Field(None, description="listen with TLS here (2762 is DICOM's TLS port); none: no "
+                                                "TLS listener")
+    plain_listener: bool = Field(True, description="also listen without TLS on node.port")
+    certificate: Path | None = Field(None, description="the node's certificate (chain), shown to peers")
+    private_key: Path | None = None
+    ca_certificates: Path | None = Field(None, description="the CAs whose certificates the node trusts")
+    require_client_certificate: bool = Field(False, description="refuse TLS peers without a certificate "
+                                                                "from ca_certificates")
+    verify_peer_hostname: bool = Field(True, description="when sending, the peer's certificate must name "
+                                                         "its host")
+    handshake_timeout_seconds: float = Field(10.0, gt=0, description="a TLS client that has not finished "
+                                                                     "its handshake by then is dropped")
 
 
 class Peer(_Strict):
@@ -86,6 +109,7 @@ class Peer(_Strict):
     may_send: bool = True
     dicomweb_url: str | None = Field(None, description="STOW-RS root (http[s]://host:port/dicom-web): "
                                                         "results go there instead of by C-STORE")
+    tls: bool = Field(False, description="send to this peer over DICOM TLS (`port` is its TLS port)")
 
     @field_validator("dicomweb_url")
     @classmethod
@@ -159,12 +183,21 @@ class ReportSettings(_Strict):
                                               "burned in and the suspicious region outlined")
 
 
+class LoggingSettings(_Strict):
+    """What `dfnode serve` writes to stderr."""
+
+    format: Literal["text", "json"] = Field("text", description="json: one object per line, audit fields as keys")
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
 class InferenceSettings(_Strict):
     """How the models run."""
 
     batch_size: int = Field(8, ge=1, le=256)
     threads: int = Field(0, ge=0, description="torch intra-op threads; 0: all cores")
     device: str = "cpu"
+    backend: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto", description="auto: onnxruntime on a CPU when installed (about 2x eager PyTorch), else torch")
 
 
 class Config(_Strict):
@@ -173,12 +206,14 @@ class Config(_Strict):
     node: NodeSettings = Field(default_factory=NodeSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
     peers: list[Peer] = Field(default_factory=list)
     models: dict[str, ModelRef] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
     sending: SendingSettings = Field(default_factory=SendingSettings)
     reports: ReportSettings = Field(default_factory=ReportSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     def peer(self, name: str) -> Peer:
         """The peer called `name` (validated to exist for every route destination)."""
@@ -214,8 +249,33 @@ def _cross_check(config: Config) -> list[tuple[str, str]]:
             elif peer.port is None and peer.dicomweb_url is None:
                 problems.append((f"routes.{i}.destinations.{j}",
                                  f"peer {dest!r} has neither a port nor a dicomweb_url to send to"))
+    problems += _tls_cross_check(config)
     if config.sending.initial_backoff_seconds > config.sending.max_backoff_seconds:
         problems.append(("sending.initial_backoff_seconds", "is larger than max_backoff_seconds"))
+    return problems
+
+
+def _tls_cross_check(config: Config) -> list[tuple[str, str]]:
+    """The files each TLS use needs (whether they load is checked when the contexts are built)."""
+    tls, problems = config.tls, []
+    if tls.port is not None:
+        for key in ("certificate", "private_key"):
+            if getattr(tls, key) is None:
+                problems.append((f"tls.{key}", "is needed for the TLS listener (tls.port)"))
+        if tls.port == config.node.port and tls.plain_listener:
+            problems.append(("tls.port", "is node.port, where the plain listener is; use another port or set "
+                                         "tls.plain_listener to false"))
+    elif not tls.plain_listener:
+        problems.append(("tls.plain_listener", "is false but tls.port is not set: the node would not listen"))
+    if tls.require_client_certificate and tls.ca_certificates is None:
+        problems.append(("tls.ca_certificates", "is needed to check client certificates"))
+    if (tls.certificate is None) != (tls.private_key is None):
+        problems.append(("tls.private_key" if tls.private_key is None else "tls.certificate",
+                         "certificate and private_key go together"))
+    for i, peer in enumerate(config.peers):
+        if peer.tls and peer.dicomweb_url is not None:
+            problems.append((f"peers.{i}.tls", "applies to DICOM associations; a dicomweb_url says its own "
+                                               "scheme (https://)"))
     return problems
 
 
@@ -223,9 +283,14 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     def resolve(p: Path) -> Path:
         return p if p.is_absolute() else (base / p).resolve()
 
+    def resolve_optional(p: Path | None) -> Path | None:
+        return None if p is None else resolve(p)
+
     storage = config.storage.model_copy(update={"data_dir": resolve(config.storage.data_dir)})
     models = {n: m.model_copy(update={"card": resolve(m.card)}) for n, m in config.models.items()}
-    return config.model_copy(update={"storage": storage, "models": models})
+    tls = config.tls.model_copy(update={k: resolve_optional(getattr(config.tls, k))
+                                        for k in ("certificate", "private_key", "ca_certificates")})
+    return config.model_copy(update={"storage": storage, "models": models, "tls": tls})
 
 
 def parse_config(raw: Any, source: str = "config", base_dir: Path | None = None) -> Config:

@@ -8,7 +8,6 @@ start simply continues from.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 from sqlalchemy import Float, ForeignKey, Integer, String, Text, create_engine, event
@@ -91,18 +90,21 @@ class Delivery(Base):
     sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
-class AssociationRecord(Base):
-    """Audit: every association request, accepted or rejected and why (no patient data)."""
+class AuditEvent(Base):
+    """Audit trail: associations, instances, job state changes, reports sent. UIDs only, no patient data."""
 
-    __tablename__ = "associations"
+    __tablename__ = "audit_events"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    at: Mapped[float] = mapped_column(Float)
-    address: Mapped[str] = mapped_column(String(64))
-    calling_ae: Mapped[str] = mapped_column(String(16))
-    called_ae: Mapped[str] = mapped_column(String(16))
-    accepted: Mapped[bool] = mapped_column()
-    reason: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[float] = mapped_column(Float, index=True)
+    event: Mapped[str] = mapped_column(String(32), index=True)  # e.g. association.rejected, delivery.sent
+    address: Mapped[str] = mapped_column(String(64), default="")
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    called_ae: Mapped[str] = mapped_column(String(16), default="")
+    study_uid: Mapped[str] = mapped_column(String(64), default="")
+    series_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
 
 
 class Database:
@@ -121,11 +123,6 @@ class Database:
 
     def session(self) -> Session:
         return self.sessions()
-
-    def record_association(self, address: str, calling: str, called: str, accepted: bool, reason: str) -> None:
-        with self.write_lock, self.session() as s, s.begin():
-            s.add(AssociationRecord(at=time.time(), address=address, calling_ae=calling, called_ae=called,
-                                    accepted=accepted, reason=reason))
 
     def close(self) -> None:
         self.engine.dispose()

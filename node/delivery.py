@@ -6,13 +6,16 @@ Delivery state lives in the database, so what was queued before a restart is sen
 from __future__ import annotations
 
 import logging
+import ssl
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
 
+from node.audit import Audit, emit
 from node.config import Config, Peer, SendingSettings
-from node.db import Database, Delivery, Report
+from node.db import Database, Delivery, Report, Series
 from scp.sender import SendOutcome, send_files
 from scp.stow import stow_files
 
@@ -24,21 +27,37 @@ def backoff_seconds(attempts: int, sending: SendingSettings) -> float:
     return min(sending.initial_backoff_seconds * 2 ** max(attempts - 1, 0), sending.max_backoff_seconds)
 
 
+@dataclass(frozen=True)
+class DueDelivery:
+    """A pending delivery whose time has come: what to send where, and what it is about."""
+
+    id: int
+    destination: str
+    files: list[Path]
+    study_uid: str
+    series_uid: str
+    report_uid: str
+
+
 class Deliverer:
     """Sends due deliveries one by one: the SR, then the key image, by C-STORE or STOW-RS."""
 
-    def __init__(self, config: Config, db: Database):
+    def __init__(self, config: Config, db: Database, audit: Audit, tls: ssl.SSLContext | None = None):
         self.config = config
         self.db = db
+        self.audit = audit
+        self.tls = tls  # for peers with `tls: true`
 
-    def due(self, now: float) -> list[tuple[int, str, list[Path]]]:
-        """(delivery id, destination, files) of each pending delivery whose time has come."""
+    def due(self, now: float) -> list[DueDelivery]:
+        """Each pending delivery whose time has come, the longest waiting first."""
         with self.db.session() as s:
-            rows = s.execute(select(Delivery.id, Delivery.destination, Report.path, Report.key_image_path)
+            rows = s.execute(select(Delivery.id, Delivery.destination, Report.path, Report.key_image_path,
+                                    Series.study_uid, Series.series_uid, Report.sop_instance_uid)
                              .join(Report, Report.id == Delivery.report_id)
+                             .join(Series, Series.id == Report.series_id)
                              .where(Delivery.state == "pending", Delivery.next_attempt_at <= now)
                              .order_by(Delivery.next_attempt_at)).all()
-        return [(r[0], r[1], [Path(p) for p in (r[2], r[3]) if p]) for r in rows]
+        return [DueDelivery(r[0], r[1], [Path(p) for p in (r[2], r[3]) if p], r[4], r[5], r[6]) for r in rows]
 
     def send(self, files: list[Path], peer: Peer) -> SendOutcome:
         """One attempt to put every file on the peer, by its transport."""
@@ -46,39 +65,48 @@ class Deliverer:
         if peer.dicomweb_url is not None:
             return stow_files(files, peer.dicomweb_url, timeout)
         assert peer.port is not None  # validated in the config
-        return send_files(files, self.config.node.ae_title, peer.ae_title, peer.host, peer.port, timeout)
+        if peer.tls and self.tls is None:
+            return SendOutcome(False, False, None, f"peer {peer.name!r} wants TLS and no TLS context was made")
+        return send_files(files, self.config.node.ae_title, peer.ae_title, peer.host, peer.port, timeout,
+                          self.tls if peer.tls else None)
 
     def run_once(self) -> int:
         """Try every due delivery once; returns how many were delivered."""
         delivered = 0
         names = {p.name for p in self.config.peers}
-        for delivery_id, destination, files in self.due(time.time()):
-            if destination not in names:
-                self._finish(delivery_id, SendOutcome(False, False, None, f"peer {destination!r} is not configured"))
+        for due in self.due(time.time()):
+            if due.destination not in names:
+                self._finish(due, None, SendOutcome(False, False, None, f"peer {due.destination!r} is not configured"))
                 continue
-            log.info("sending report delivery %d (%d file(s)) to %s", delivery_id, len(files), destination)
-            outcome = self.send(files, self.config.peer(destination))
-            self._finish(delivery_id, outcome)
+            log.info("sending report delivery %d (%d file(s)) to %s", due.id, len(due.files), due.destination)
+            peer = self.config.peer(due.destination)
+            outcome = self.send(due.files, peer)
+            self._finish(due, peer, outcome)
             delivered += outcome.delivered
         return delivered
 
-    def _finish(self, delivery_id: int, outcome: SendOutcome) -> None:
+    def _finish(self, due: DueDelivery, peer: Peer | None, outcome: SendOutcome) -> None:
         now = time.time()
         with self.db.write_lock, self.db.session() as s, s.begin():
-            d = s.get(Delivery, delivery_id)
+            d = s.get(Delivery, due.id)
             if d is None or d.state != "pending":
                 return
             d.attempts += 1
             d.last_status = outcome.status_text
             d.last_error = None if outcome.delivered else outcome.detail
+            where = f"delivery {d.id} to {d.destination}, attempt {d.attempts}, status {outcome.status_text}"
             if outcome.delivered:
                 d.state, d.sent_at = "sent", now
-                log.info("report delivery %d to %s: sent (%s)", d.id, d.destination, outcome.status_text)
+                event, level, detail = "delivery.sent", logging.INFO, where
             elif not outcome.retryable or d.attempts >= self.config.sending.max_attempts:
                 d.state = "failed"
-                log.error("report delivery %d to %s failed for good after %d attempt(s): %s (status %s)",
-                          d.id, d.destination, d.attempts, outcome.detail, outcome.status_text)
+                event, level, detail = "delivery.failed", logging.ERROR, f"{where}: {outcome.detail}; given up"
             else:
                 d.next_attempt_at = now + backoff_seconds(d.attempts, self.config.sending)
-                log.warning("report delivery %d to %s: %s (status %s); retry in %.0fs", d.id, d.destination,
-                            outcome.detail, outcome.status_text, d.next_attempt_at - now)
+                event, level = "delivery.retry", logging.WARNING
+                detail = f"{where}: {outcome.detail}; retry in {d.next_attempt_at - now:.0f}s"
+            row = self.audit.add(s, event, address=peer.dicomweb_url or peer.host if peer else "",
+                                 called_ae=peer.ae_title if peer else "", calling_ae=self.config.node.ae_title,
+                                 study_uid=due.study_uid, series_uid=due.series_uid,
+                                 sop_instance_uid=due.report_uid, detail=detail)
+        emit(row, level)

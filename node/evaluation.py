@@ -19,8 +19,9 @@ from sqlalchemy import select, update
 
 from inference.model import Classifier
 from inference.scoring import SeriesResult, score_files
+from node.audit import Audit, emit
 from node.config import Config
-from node.db import Database, Delivery, Instance, Report, Series
+from node.db import AuditEvent, Database, Delivery, Instance, Report, Series
 from scp.spool import write_atomically
 from sr.key_image import build_key_image
 from sr.report import ReportIdentity, build_report, citable, report_uids
@@ -39,9 +40,11 @@ class Outcome:
 class Evaluator:
     """Finds due series and evaluates them with the route's model."""
 
-    def __init__(self, config: Config, db: Database, classifiers: dict[str, Classifier], device_uid: str):
+    def __init__(self, config: Config, db: Database, audit: Audit, classifiers: dict[str, Classifier],
+                 device_uid: str):
         self.config = config
         self.db = db
+        self.audit = audit
         self.classifiers = classifiers
         self.device_uid = device_uid
 
@@ -72,9 +75,13 @@ class Evaluator:
     def _record_failure(self, series_id: int, error: str) -> None:
         with self.db.write_lock, self.db.session() as s, s.begin():
             series = s.get(Series, series_id)
-            if series is not None:
-                series.error = error[:2000]
-                series.evaluated_version = series.received_version  # retried when more instances arrive
+            if series is None:
+                return
+            series.error = error[:2000]
+            series.evaluated_version = series.received_version  # retried when more instances arrive
+            event = self.audit.add(s, "series.not_evaluated", study_uid=series.study_uid,
+                                   series_uid=series.series_uid, detail=error)
+        emit(event, logging.WARNING)
 
     def evaluate(self, series_id: int) -> Outcome | None:
         with self.db.session() as s:
@@ -93,14 +100,12 @@ class Evaluator:
             self._record_failure(series_id, f"route {series.route!r} or its model is no longer configured")
             return None
         classifier = self.classifiers[route.model]
-        log.info("evaluating series %s, version %d: %d file(s) with %s", series.series_uid, version, len(files),
-                 route.model)
+        self.audit.record("series.evaluating", study_uid=series.study_uid, series_uid=series.series_uid,
+                          detail=f"version {version}: {len(files)} file(s), model {route.model}")
         started = time.monotonic()
         result, headers = score_files(classifier, list(files.values()))
         if not citable(headers):  # nothing to hang a report on: recorded, not raised
             reasons = sorted({r.reason or "" for r in result.images})[:3]
-            log.warning("series %s: no instance can be cited in a report (%s); not evaluated", series.series_uid,
-                        "; ".join(reasons))
             self._record_failure(series_id, "not evaluated: no usable instance: " + "; ".join(reasons))
             return None
         sr_series_uid, sr_uid = report_uids(series.series_uid, version)
@@ -110,10 +115,12 @@ class Evaluator:
         report_path = self.config.storage.reports_dir / f"{sr_uid}.dcm"
         write_atomically(report_path, lambda f: sr.save_as(f, enforce_file_format=True))
         key_path = self._write_key_image(series.series_uid, version, result, files, classifier)
-        self._commit(series_id, version, result, sr_uid, report_path, key_path, route.destinations)
-        log.info("series %s: %s (score %s, %d images, %.1fs) -> %s", series.series_uid, result.verdict.value,
-                 "-" if result.score is None else f"{result.score * 100:.1f}%", len(result.images),
-                 time.monotonic() - started, report_path.name)
+        summary = (f"version {version}: {result.verdict.value}, score "
+                   f"{'-' if result.score is None else f'{result.score * 100:.1f}%'}, {len(result.images)} images "
+                   f"in {time.monotonic() - started:.1f}s{', with key image' if key_path else ''}; "
+                   f"to {', '.join(route.destinations) or 'no destination'}")
+        event = self._commit(series_id, version, result, sr_uid, report_path, key_path, route.destinations, summary)
+        emit(event)
         return Outcome(series.series_uid, result, report_path)
 
     def _write_key_image(self, series_uid: str, version: int, result: SeriesResult, files: dict[str, Path],
@@ -134,7 +141,7 @@ class Evaluator:
         return path
 
     def _commit(self, series_id: int, version: int, result: SeriesResult, sr_uid: str, path: Path,
-                key_path: Path | None, destinations: list[str]) -> None:
+                key_path: Path | None, destinations: list[str], summary: str) -> AuditEvent:
         now = time.time()
         with self.db.write_lock, self.db.session() as s, s.begin():
             series = s.get(Series, series_id)
@@ -156,6 +163,8 @@ class Evaluator:
                     s.add(Delivery(report_id=report.id, destination=dest, next_attempt_at=now))
             series.evaluated_version = max(series.evaluated_version, version)
             series.score, series.verdict, series.error = result.score, result.verdict.value, None
+            return self.audit.add(s, "report.created", study_uid=series.study_uid, series_uid=series.series_uid,
+                                  sop_instance_uid=sr_uid, detail=summary)
 
 
 def _read_previous(previous: Report | None) -> Dataset | None:

@@ -6,23 +6,34 @@ its route; a series no route wants is recorded and not processed.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from node.audit import Audit, emit
 from node.config import Config
-from node.db import Database, Instance, Series
+from node.db import AuditEvent, Database, Instance, Series
 from node.errors import SpoolError
 from node.routing import SeriesTags, route_for
 from node.spool_budget import SpoolBudget
 from scp.spool import write_atomically
 from scp.storage_scp import ReceivedInstance
 
-log = logging.getLogger(__name__)
+SERIES_ID_CACHE = 4096
+
+_FIND_SERIES = select(Series.id).where(Series.series_uid == bindparam("uid"))
+_FIND_INSTANCE = (select(Instance.id, Instance.size, Instance.purged_at)
+                  .where(Instance.sop_instance_uid == bindparam("uid")))
+_REPLACE_INSTANCE = (update(Instance).where(Instance.id == bindparam("row_id"))
+                     .values(size=bindparam("new_size"), received_at=bindparam("now"),
+                             transfer_syntax=bindparam("syntax"), purged_at=None))
+_COUNT_INSTANCE = (update(Series).where(Series.id == bindparam("series_id"))
+                   .values(instance_count=Series.instance_count + bindparam("added"),
+                           last_received_at=bindparam("now"), received_version=Series.received_version + 1))
 
 
 def spool_path(spool_dir: Path, instance: ReceivedInstance) -> Path:
@@ -33,11 +44,14 @@ def spool_path(spool_dir: Path, instance: ReceivedInstance) -> Path:
 class Ingest:
     """The `InstanceSink` of the Storage SCP."""
 
-    def __init__(self, config: Config, db: Database, budget: SpoolBudget, wake: threading.Event | None = None):
+    def __init__(self, config: Config, db: Database, budget: SpoolBudget, audit: Audit,
+                 wake: threading.Event | None = None):
         self.config = config
         self.db = db
         self.budget = budget
+        self.audit = audit
         self.wake = wake or threading.Event()
+        self._series_ids: OrderedDict[str, int] = OrderedDict()  # recent series UIDs -> row ids
 
     def store(self, instance: ReceivedInstance) -> None:
         """Spool and record one instance; `SpoolError` (answered 0xA700) when either cannot be done."""
@@ -45,48 +59,64 @@ class Ingest:
         path = spool_path(self.config.storage.spool_dir, instance)
         size = write_atomically(path, instance.write)
         try:
-            self.budget.added(size - self._record(instance, path, size))
+            replaced, events = self._record(instance, path, size)
         except SQLAlchemyError as exc:
             raise SpoolError(f"database write failed: {exc.__class__.__name__}") from exc
-        log.info("stored %s (series %s, %d bytes, from %s)", instance.sop_instance_uid, instance.series_uid,
-                 size, instance.calling_ae)
+        self.budget.added(size - replaced)
+        for event in events:
+            emit(event)
         self.wake.set()
 
-    def _record(self, instance: ReceivedInstance, path: Path, size: int) -> int:
-        """Record the instance; returns the size of the file it replaced (0 for a new one)."""
+    def _record(self, instance: ReceivedInstance, path: Path, size: int) -> tuple[int, list[AuditEvent]]:
+        """Record the instance and its audit events in one transaction; returns the size of the file it
+        replaced (0 for a new one) and the events, to be logged. Prepared Core statements on a plain
+        connection: this runs once per instance received, and the ORM's bookkeeping would double its cost."""
         now = time.time()
         replaced = 0
-        with self.db.write_lock, self.db.session() as s, s.begin():
-            series = s.scalars(select(Series).where(Series.series_uid == instance.series_uid)).first()
-            if series is None:
-                series = self._new_series(instance, now)
-                s.add(series)
-                s.flush()
-            row = s.scalars(select(Instance).where(Instance.sop_instance_uid == instance.sop_instance_uid)).first()
+        uids = {"study_uid": instance.study_uid, "series_uid": instance.series_uid}
+        peer = {"address": instance.address, "calling_ae": instance.calling_ae}
+        events = []
+        with self.db.write_lock, self.db.engine.begin() as conn:
+            series_id = self._series_ids.get(instance.series_uid) or conn.scalar(
+                _FIND_SERIES, {"uid": instance.series_uid})
+            if series_id is None:
+                values = self._new_series(instance, now)
+                key = conn.execute(insert(Series), values).inserted_primary_key
+                assert key is not None  # an INSERT of one row has a primary key
+                series_id = key[0]
+                route = values["route"]
+                events.append(self.audit.add(conn, "series.new", **uids, **peer, detail=(
+                    f"{values['modality'] or '-'} {values['body_part'] or '-'}: "
+                    + (f"route {route}" if route else "no route, recorded and not processed"))))
+            row = conn.execute(_FIND_INSTANCE, {"uid": instance.sop_instance_uid}).first()
             if row is None:
-                s.add(Instance(sop_instance_uid=instance.sop_instance_uid, sop_class_uid=instance.sop_class_uid,
-                               series_id=series.id, path=str(path), size=size,
-                               transfer_syntax=instance.transfer_syntax, received_at=now,
-                               calling_ae=instance.calling_ae))
-                series.instance_count += 1
+                conn.execute(insert(Instance), {
+                    "sop_instance_uid": instance.sop_instance_uid, "sop_class_uid": instance.sop_class_uid,
+                    "series_id": series_id, "path": str(path), "size": size,
+                    "transfer_syntax": instance.transfer_syntax, "received_at": now,
+                    "calling_ae": instance.calling_ae})
             else:  # sent again: the new copy replaced the old file (or came back after retention)
                 replaced = row.size if row.purged_at is None else 0
-                row.size, row.received_at, row.transfer_syntax = size, now, instance.transfer_syntax
-                row.purged_at = None
-            series.last_received_at = now
-            series.received_version += 1
-        return replaced
+                conn.execute(_REPLACE_INSTANCE, {"row_id": row.id, "new_size": size, "now": now,
+                                                 "syntax": instance.transfer_syntax})
+            conn.execute(_COUNT_INSTANCE, {"series_id": series_id, "added": int(row is None), "now": now})
+            events.append(self.audit.add(conn, "instance.stored", **uids, **peer,
+                                         sop_instance_uid=instance.sop_instance_uid,
+                                         detail=f"{size} bytes, {instance.transfer_syntax}"
+                                                + (", replaced an earlier copy" if row is not None else "")))
+        self._series_ids[instance.series_uid] = series_id  # only once committed
+        while len(self._series_ids) > SERIES_ID_CACHE:
+            self._series_ids.popitem(last=False)
+        return replaced, events
 
-    def _new_series(self, instance: ReceivedInstance, now: float) -> Series:
+    def _new_series(self, instance: ReceivedInstance, now: float) -> dict[str, object]:
+        """The columns of a new series row; its route is decided here, by its first instance."""
         header = instance.header
         tags = SeriesTags.from_dataset(header, instance.calling_ae)
         route = route_for(self.config.routes, tags)
-        if route is None:
-            log.info("series %s (%s %s) matches no route: recorded, not processed", instance.series_uid,
-                     tags.modality, tags.body_part or "-")
-        return Series(series_uid=instance.series_uid, study_uid=instance.study_uid,
-                      patient_id=str(header.get("PatientID", "") or "")[:64], modality=tags.modality,
-                      body_part=tags.body_part[:64],
-                      description=str(header.get("SeriesDescription", "") or "")[:128],
-                      calling_ae=instance.calling_ae, route=route.name if route else None,
-                      model=route.model if route else None, first_received_at=now, last_received_at=now)
+        return {"series_uid": instance.series_uid, "study_uid": instance.study_uid,
+                "patient_id": str(header.get("PatientID", "") or "")[:64], "modality": tags.modality,
+                "body_part": tags.body_part[:64], "description": str(header.get("SeriesDescription", "") or "")[:128],
+                "calling_ae": instance.calling_ae, "route": route.name if route else None,
+                "model": route.model if route else None, "first_received_at": now, "last_received_at": now,
+                "instance_count": 0, "received_version": 0, "evaluated_version": 0}

@@ -4,24 +4,23 @@ with instances not yet evaluated, keeps all its files."""
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
 from sqlalchemy import case, func, select, update
 
+from node.audit import Audit, emit
 from node.config import Config
 from node.db import Database, Delivery, Instance, Report, Series
 from node.spool_budget import SpoolBudget
 
-log = logging.getLogger(__name__)
-
 
 class Retention:
-    def __init__(self, config: Config, db: Database, budget: SpoolBudget):
+    def __init__(self, config: Config, db: Database, budget: SpoolBudget, audit: Audit):
         self.config = config
         self.db = db
         self.budget = budget
+        self.audit = audit
 
     def expired_series(self, now: float) -> list[int]:
         """Series whose current report was delivered everywhere before the retention period."""
@@ -58,7 +57,11 @@ class Retention:
             freed += size
         with self.db.write_lock, self.db.session() as s, s.begin():
             s.execute(update(Instance).where(Instance.id.in_([f[0] for f in files])).values(purged_at=now))
+            series = s.get(Series, series_id)
+            assert series is not None
+            event = self.audit.add(s, "retention.purged", study_uid=series.study_uid, series_uid=series.series_uid,
+                                   detail=f"{len(files)} file(s), {freed} bytes, "
+                                          f"{self.config.storage.retention_hours:g} h after delivery")
         self.budget.released(freed)
-        log.info("retention: deleted %d file(s), %d bytes, of series id %d (report delivered)", len(files), freed,
-                 series_id)
+        emit(event)
         return len(files)

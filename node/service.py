@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 from pydicom.uid import generate_uid
-from pynetdicom.transport import ThreadedAssociationServer
 
 from inference.model import Classifier, load_classifier
+from node.audit import Audit
 from node.config import Config
 from node.db import Database
 from node.delivery import Deliverer
@@ -25,8 +25,10 @@ from node.evaluation import Evaluator
 from node.ingest import Ingest
 from node.retention import Retention
 from node.spool_budget import SpoolBudget
+from scp.listener import DeferredHandshakeServer
 from scp.spool import remove_partial_files
-from scp.storage_scp import PeerPolicy, start_storage_scp
+from scp.storage_scp import PeerPolicy, TlsListener, start_storage_scp
+from scp.tls import TlsContexts
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,9 @@ def load_models(config: Config) -> dict[str, Classifier]:
     """Every routed model, verified against its card; `ModelLoadError` names the file at fault."""
     if config.inference.threads:
         torch.set_num_threads(config.inference.threads)
-    classifiers = {name: load_classifier(ref.card, config.inference.device, config.inference.batch_size)
+    inference = config.inference
+    classifiers = {name: load_classifier(ref.card, inference.device, inference.batch_size, inference.backend,
+                                         config.storage.model_cache_dir, inference.threads)
                    for name, ref in config.routed_models().items()}
     for warning in weak_model_warnings(classifiers):
         log.warning(warning)
@@ -103,24 +107,36 @@ class Node:
 
     def __init__(self, config: Config, classifiers: dict[str, Classifier] | None = None):
         self.config = config
+        self.tls = TlsContexts(config)  # a TLS file that cannot be loaded stops the start here
         self.classifiers = classifiers if classifiers is not None else load_models(config)
         self.db = Database(config.storage.database_path)
         self.stop_event = threading.Event()
         self.evaluate_wake = threading.Event()
         self.deliver_wake = threading.Event()
         self.retention_wake = threading.Event()
+        self.audit = Audit(self.db)
         self.budget = SpoolBudget(config.storage, self.db)
-        self.ingest = Ingest(config, self.db, self.budget, self.evaluate_wake)
-        self.retention = Retention(config, self.db, self.budget)
-        self.evaluator = Evaluator(config, self.db, self.classifiers, _device_uid(config.storage.data_dir))
-        self.deliverer = Deliverer(config, self.db)
-        self.server: ThreadedAssociationServer | None = None
+        self.ingest = Ingest(config, self.db, self.budget, self.audit, self.evaluate_wake)
+        self.retention = Retention(config, self.db, self.budget, self.audit)
+        self.evaluator = Evaluator(config, self.db, self.audit, self.classifiers,
+                                   _device_uid(config.storage.data_dir))
+        self.deliverer = Deliverer(config, self.db, self.audit, self.tls.client)
+        self.servers: list[DeferredHandshakeServer] = []
         self.threads: list[_Loop] = []
+
+    def _listening_port(self, tls: bool) -> int:
+        server = next(s for s in self.servers if (s.ssl_context is not None) == tls)
+        return int(server.server_address[1])
 
     @property
     def port(self) -> int:
-        assert self.server is not None
-        return int(self.server.server_address[1])
+        """The plain listener's port."""
+        return self._listening_port(tls=False)
+
+    @property
+    def tls_port(self) -> int:
+        """The TLS listener's port."""
+        return self._listening_port(tls=True)
 
     def _evaluate_step(self) -> int:
         done = self.evaluator.run_once()
@@ -128,14 +144,21 @@ class Node:
             self.deliver_wake.set()
         return done
 
-    def start(self, port: int | None = None) -> Node:
+    def start(self, port: int | None = None, tls_port: int | None = None) -> Node:
+        """Listen (on `port` and `tls_port` when given, 0 for any free port; else as configured) and run."""
         for folder in (self.config.storage.spool_dir, self.config.storage.reports_dir):
             removed = remove_partial_files(folder)
             if removed:
                 log.warning("removed %d partial file(s) in %s left by an interrupted run", removed, folder)
         policy = PeerPolicy.from_config(self.config.node, self.config.peers,
                                         self.config.security.require_known_peers)
-        self.server = start_storage_scp(self.config.node, policy, self.ingest, self.db.record_association, port)
+        plain_port = (self.config.node.port if port is None else port) if self.config.tls.plain_listener else None
+        tls = None
+        if self.tls.server is not None:
+            assert self.config.tls.port is not None  # a server context exists only with a TLS port
+            tls = TlsListener(self.config.tls.port if tls_port is None else tls_port, self.tls.server,
+                              self.config.tls.handshake_timeout_seconds)
+        self.servers = start_storage_scp(self.config.node, policy, self.ingest, self.audit, plain_port, tls)
         self.threads = [
             _Loop("evaluator", self._evaluate_step, self.evaluate_wake, self.stop_event, 0.5),
             _Loop("deliverer", self.deliverer.run_once, self.deliver_wake, self.stop_event,
@@ -145,32 +168,48 @@ class Node:
         ]
         for thread in self.threads:
             thread.start()
+        self.audit.record("node.started", called_ae=self.config.node.ae_title,
+                          detail=f"{self.listening()}; models: {self.models()}")
         return self
+
+    def listening(self) -> str:
+        """Where the node listens, for the log: `port 11112, port 2762 (TLS)`."""
+        return ", ".join(f"port {s.server_address[1]}{' (TLS)' if s.ssl_context else ''}" for s in self.servers)
+
+    def models(self) -> str:
+        """The loaded models and their versions, for the log."""
+        return ", ".join(f"{n} ({c.version}, {c.backend})" for n, c in self.classifiers.items()) or "none"
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting, let open associations finish (up to `node.drain_seconds`, then abort them),
         let the workers finish their step, close the database."""
-        if self.server is not None:
-            self._drain(self.server)
-            self.server = None
+        if self.servers:
+            self._drain(self.servers)
+            self.servers = []
         self.stop_event.set()
         for wake in (self.evaluate_wake, self.deliver_wake, self.retention_wake):
             wake.set()
         for thread in self.threads:
             thread.join(timeout)
+        self.audit.record("node.stopped", called_ae=self.config.node.ae_title)
         self.db.close()
 
 
-    def _drain(self, server: ThreadedAssociationServer) -> None:
-        server.shutdown()  # the listening socket closes; open associations go on in their threads
+    def _drain(self, servers: list[DeferredHandshakeServer]) -> None:
+        for server in servers:
+            server.shutdown()  # the listening socket closes; open associations go on in their threads
+
+        def still_open() -> list:  # type: ignore[type-arg]
+            return [assoc for server in servers for assoc in server.active_associations]
+
         deadline = time.monotonic() + self.config.node.drain_seconds
-        open_associations = server.active_associations
+        open_associations = still_open()
         if open_associations:
             log.info("waiting up to %.0fs for %d open association(s) to finish", self.config.node.drain_seconds,
                      len(open_associations))
         while open_associations and time.monotonic() < deadline:
             time.sleep(0.05)
-            open_associations = server.active_associations
+            open_associations = still_open()
         for assoc in open_associations:
             log.warning("aborting association with %s after %.0fs: it did not finish",
                         assoc.requestor.ae_title, self.config.node.drain_seconds)
@@ -180,9 +219,8 @@ class Node:
 def run_forever(config: Config) -> int:
     """`dfnode serve`: run until SIGINT or SIGTERM."""
     node = Node(config).start()
-    log.info("dfnode ready: AE %s on port %d, models: %s, data under %s", config.node.ae_title, node.port,
-             ", ".join(f"{n} ({c.version})" for n, c in node.classifiers.items()) or "none",
-             config.storage.data_dir)
+    log.info("dfnode ready: AE %s on %s, models: %s, data under %s", config.node.ae_title, node.listening(),
+             node.models(), config.storage.data_dir)
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopped.set())

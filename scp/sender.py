@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,16 +32,15 @@ class SendOutcome:
 
 
 def send_files(paths: list[Path], calling_ae: str, ae_title: str, host: str, port: int,
-               timeout: float) -> SendOutcome:
-    """C-STORE `paths` to the peer over one association; delivered when every file is stored.
+               timeout: float, tls: ssl.SSLContext | None = None) -> SendOutcome:
+    """C-STORE `paths` to the peer over one association (over TLS with `tls`); delivered when every
+    file is stored.
 
-    Connection failures, aborts, timeouts and 0xA7xx are retryable; 0xA9xx and 0xCxxx (the peer
-    refuses the object itself) are not."""
-    try:
-        # a plain connect first: a peer that is down costs no association (and no leaked socket)
-        socket.create_connection((host, port), timeout=min(timeout, 10)).close()
-    except OSError as exc:
-        return SendOutcome(False, True, None, f"cannot connect to {ae_title}@{host}:{port}: {exc.strerror or exc}")
+    Connection failures, TLS failures, aborts, timeouts and 0xA7xx are retryable; 0xA9xx and 0xCxxx
+    (the peer refuses the object itself) are not."""
+    failure = _unreachable(host, port, timeout, tls)
+    if failure:
+        return SendOutcome(False, True, None, f"cannot connect to {ae_title}@{host}:{port}: {failure}")
     try:
         datasets = [dcmread(p) for p in paths]
     except Exception as exc:  # a report on disk is unreadable: retrying cannot help
@@ -52,7 +52,7 @@ def send_files(paths: list[Path], calling_ae: str, ae_title: str, host: str, por
         syntaxes = [ds.file_meta.TransferSyntaxUID for ds in datasets if ds.SOPClassUID == sop_class]
         ae.add_requested_context(sop_class, list(dict.fromkeys([*syntaxes, ExplicitVRLittleEndian,
                                                                  ImplicitVRLittleEndian])))
-    assoc = ae.associate(host, port, ae_title=ae_title)
+    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=(tls, host) if tls else None)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
         return SendOutcome(False, True, None, f"association with {ae_title}@{host}:{port} {why}")
@@ -66,6 +66,23 @@ def send_files(paths: list[Path], calling_ae: str, ae_title: str, host: str, por
         if assoc.is_established:
             assoc.release()
     return outcome
+
+
+def _unreachable(host: str, port: int, timeout: float, tls: ssl.SSLContext | None) -> str | None:
+    """Why the peer cannot be reached, or None. A plain connect (and, for TLS, a handshake) before the
+    association: a peer that is down costs no association and leaves no socket behind, and a TLS
+    failure is named (certificate not trusted, wrong host) instead of showing up as an abort."""
+    try:
+        with socket.create_connection((host, port), timeout=min(timeout, 10)) as sock:
+            if tls is not None:
+                with tls.wrap_socket(sock, server_hostname=host):
+                    pass
+    except ssl.SSLError as exc:  # certificate errors included
+        verify = getattr(exc, "verify_message", None)
+        return f"TLS: certificate verify failed: {verify}" if verify else f"TLS: {exc.reason or exc}"
+    except OSError as exc:
+        return str(exc.strerror or exc)
+    return None
 
 
 def _store(assoc, ds) -> SendOutcome:  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol, cast
@@ -18,11 +19,11 @@ from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import NodeSettings, Peer
 from node.errors import SpoolError
 from scp import statuses
+from scp.listener import DeferredHandshakeServer, start_listener
 from scp.spool import is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class ReceivedInstance:
     header: Dataset
     write: Callable[[BinaryIO], None]
     nbytes: int = 0  # the dataset's encoded size, for the spool's budget
+    address: str = ""  # the peer's IP address
 
 
 class InstanceSink(Protocol):
@@ -48,7 +50,9 @@ class InstanceSink(Protocol):
         """Make the instance durable (disk and database) or raise `SpoolError`."""
 
 
-AuditFn = Callable[[str, str, str, bool, str], None]
+class AuditSink(Protocol):
+    def record(self, event: str, level: int = logging.INFO, **fields: object) -> None:
+        """Record an audit event (best effort: never raises for a storage failure)."""
 
 
 @dataclass
@@ -89,7 +93,7 @@ def _addresses(host: str) -> set[str]:
         return {host}
 
 
-def _handle_requested(event: evt.Event, policy: PeerPolicy, audit: AuditFn) -> None:
+def _handle_requested(event: evt.Event, policy: PeerPolicy, audit: AuditSink) -> None:
     """Check the called AE title, the calling AE title and the address before anything else."""
     rq = event.assoc.requestor.primitive
     assert rq is not None  # EVT_REQUESTED fires with the A-ASSOCIATE request in hand
@@ -102,16 +106,16 @@ def _handle_requested(event: evt.Event, policy: PeerPolicy, audit: AuditFn) -> N
         log.exception("association check failed; rejecting")
         verdict = (statuses.REJECT_NO_REASON, "internal error while checking the peer")
     try:
-        audit(address, calling, called, verdict is None, verdict[1] if verdict else "")
+        if verdict is None:
+            audit.record("association.accepted", address=address, calling_ae=calling, called_ae=called)
+        else:
+            audit.record("association.rejected", logging.WARNING, address=address, calling_ae=calling,
+                         called_ae=called, detail=verdict[1])
     except Exception as exc:  # a full disk must not turn away a peer that may echo or get 0xA700 answers
         log.error("association record not written (%s); deciding without it", exc.__class__.__name__)
     if verdict is not None:
-        log.warning("association rejected: %s (calling %r, called %r, from %s)", verdict[1], calling, called,
-                    address)
         event.assoc.acse.send_reject(*verdict[0])
         event.assoc.kill()  # returns once the A-ASSOCIATE-RJ is on the wire
-    else:
-        log.info("association accepted: calling %r, called %r, from %s", calling, called, address)
 
 
 def _handle_echo(event: evt.Event) -> int:
@@ -149,26 +153,38 @@ def _checked_instance(event: evt.Event) -> ReceivedInstance | tuple[int, str]:
     raw = request.DataSet.getvalue() if request.DataSet is not None else b""
     return ReceivedInstance(sop_class, sop_uid, study_uid, series_uid, str(event.context.transfer_syntax),
                             event.assoc.requestor.ae_title.strip(), header, _part10_writer(event.file_meta, raw),
-                            len(raw))
+                            len(raw), event.assoc.requestor.address)
 
 
-def _handle_store(event: evt.Event, sink: InstanceSink) -> int:
+def _handle_store(event: evt.Event, sink: InstanceSink, audit: AuditSink) -> int:
     """Check, hand to the sink, answer. Never raises."""
     try:
         checked = _checked_instance(event)
         if isinstance(checked, tuple):
             status, reason = checked
-            log.warning("C-STORE refused with 0x%04X: %s (calling %r)", status, reason,
-                        event.assoc.requestor.ae_title)
-            return status
-        sink.store(checked)
-        return statuses.SUCCESS
+        else:
+            sink.store(checked)
+            return statuses.SUCCESS
     except SpoolError as exc:
-        log.error("C-STORE refused with 0x%04X, out of resources: %s", statuses.OUT_OF_RESOURCES, exc)
-        return statuses.OUT_OF_RESOURCES
-    except Exception:
+        status, reason = statuses.OUT_OF_RESOURCES, f"out of resources: {exc}"
+    except Exception as exc:
         log.exception("C-STORE failed")
-        return statuses.OUT_OF_RESOURCES
+        status, reason = statuses.OUT_OF_RESOURCES, f"internal error: {exc.__class__.__name__}"
+    try:
+        request = cast(C_STORE, event.request)
+        audit.record("instance.refused", logging.WARNING, address=event.assoc.requestor.address,
+                     calling_ae=event.assoc.requestor.ae_title.strip(),
+                     sop_instance_uid=_uid_or_blank(request.AffectedSOPInstanceUID),
+                     detail=f"0x{status:04X}: {reason}")
+    except Exception:
+        log.exception("refusal not audited")
+    return status
+
+
+def _uid_or_blank(value: object) -> str:
+    """A UID from the request for the audit trail, or "" when it is not one (it may be anything)."""
+    text = str(value or "")
+    return text if is_valid_uid(text) else ""
 
 
 def build_ae(node: NodeSettings) -> AE:
@@ -186,17 +202,37 @@ def build_ae(node: NodeSettings) -> AE:
     return ae
 
 
-def start_storage_scp(node: NodeSettings, policy: PeerPolicy, sink: InstanceSink, audit: AuditFn,
-                      port: int | None = None) -> ThreadedAssociationServer:
-    """Start listening in the background; `server.shutdown()` stops it."""
+@dataclass(frozen=True)
+class TlsListener:
+    """Where and how the TLS listener runs."""
+
+    port: int
+    context: ssl.SSLContext
+    handshake_timeout: float
+
+
+def start_storage_scp(node: NodeSettings, policy: PeerPolicy, sink: InstanceSink, audit: AuditSink,
+                      port: int | None, tls: TlsListener | None = None) -> list[DeferredHandshakeServer]:
+    """Start listening in the background: without TLS on `port` (None: not at all) and, with `tls`, on
+    its port. `server.shutdown()` stops each."""
     ae = build_ae(node)
     handlers: list[Any] = [
         (evt.EVT_REQUESTED, _handle_requested, [policy, audit]),
         (evt.EVT_C_ECHO, _handle_echo),
-        (evt.EVT_C_STORE, _handle_store, [sink]),
+        (evt.EVT_C_STORE, _handle_store, [sink, audit]),
     ]
-    address = (node.bind_address, node.port if port is None else port)
-    server = ae.start_server(address, block=False, evt_handlers=handlers)
-    assert server is not None  # non-blocking start returns the server
-    log.info("%s listening on %s:%d", node.ae_title, *server.server_address[:2])
-    return server
+
+    def refused(address: str, why: str) -> None:
+        audit.record("tls.refused", logging.WARNING, address=address, detail=why)
+
+    listeners: list[tuple[int, ssl.SSLContext | None, float]] = []
+    if port is not None:
+        listeners.append((port, None, 0.0))
+    if tls is not None:
+        listeners.append((tls.port, tls.context, tls.handshake_timeout))
+    servers = []
+    for listen_port, context, handshake_timeout in listeners:
+        server = start_listener(ae, (node.bind_address, listen_port), handlers, context, handshake_timeout, refused)
+        servers.append(server)
+        log.info("%s listening on %s:%d%s", node.ae_title, *server.server_address[:2], " (TLS)" if context else "")
+    return servers

@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from inference.localisation import Box
 from inference.preprocess import Preprocessing, frames_in_modality_units, to_unit_range
 from inference.scoring import Finding, Verdict
+from sr.names import names_kept_out_of_warnings
 from sr.uids import ObjectIdentity
 
 MAX_SIDE = 1024  # the key image is for looking at; larger sources are scaled down
@@ -81,12 +82,13 @@ def build_key_image(source: Dataset, focus: Finding, verdict: Verdict, score: fl
     """The Secondary Capture for one evaluated series; `source` is the focus image with its pixels."""
     orientation = patient_orientation(source)
     pixels = render(_display_values(source, focus.frame_number, prep), focus.box, banner_text(verdict, score))
-    image = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source, pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8,
-        coordinate_system="PATIENT", patient_orientation=orientation or ("L", "F"),
-        series_instance_uid=identity.series_uid, series_number=identity.series_number,
-        sop_instance_uid=identity.sop_instance_uid, instance_number=identity.instance_number,
-        manufacturer=identity.manufacturer)
+    with names_kept_out_of_warnings():
+        image = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source, pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8,
+            coordinate_system="PATIENT", patient_orientation=orientation or ("L", "F"),
+            series_instance_uid=identity.series_uid, series_number=identity.series_number,
+            sop_instance_uid=identity.sop_instance_uid, instance_number=identity.instance_number,
+            manufacturer=identity.manufacturer)
     if orientation is None:
         image.add_new("PatientOrientation", "CS", None)  # Type 2: present and empty (unknown), never guessed
     # Type 2C for paired body parts: the source's own value, empty (unknown) when it has none

@@ -24,6 +24,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from inference.scoring import Finding, ImageResult, SeriesResult, Verdict
+from sr.names import names_kept_out_of_warnings
 from sr.uids import derived_uids
 
 SCHEME = "99DFNODE"
@@ -146,14 +147,15 @@ def build_report(sources: Sequence[Dataset], result: SeriesResult, identity: Rep
     content = hd.sr.MeasurementReport(observation_context=context, procedure_reported=procedure,
                                       imaging_measurements=groups or None)
     not_evaluated = any(r.score is None for r in result.images)
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=list(sources), content=content, series_instance_uid=identity.series_uid,
-        series_number=identity.series_number, sop_instance_uid=identity.sop_instance_uid,
-        instance_number=identity.instance_number, manufacturer=identity.manufacturer,
-        is_complete=not not_evaluated and result.verdict is not Verdict.NOT_EVALUATED, is_final=False,
-        is_verified=False, previous_versions=[previous] if previous is not None else None,
-        series_description=series_description(result.verdict),
-    )
+    with names_kept_out_of_warnings():
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=list(sources), content=content, series_instance_uid=identity.series_uid,
+            series_number=identity.series_number, sop_instance_uid=identity.sop_instance_uid,
+            instance_number=identity.instance_number, manufacturer=identity.manufacturer,
+            is_complete=not not_evaluated and result.verdict is not Verdict.NOT_EVALUATED, is_final=False,
+            is_verified=False, previous_versions=[previous] if previous is not None else None,
+            series_description=series_description(result.verdict),
+        )
     _copy_deidentification(first, sr)
     if not_evaluated:
         sr.CompletionFlagDescription = _not_evaluated_summary(result)[:64]  # LO

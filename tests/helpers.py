@@ -137,6 +137,7 @@ class Receiver:
     status: int = 0x0000
     delay: float = 0.0  # seconds before each answer: a slow PACS
     received: list[Dataset] = field(default_factory=list)
+    arrived_at: list[float] = field(default_factory=list)  # time.monotonic() of each, as `received`
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: object = None
 
@@ -148,13 +149,14 @@ class Receiver:
         ds.file_meta = event.file_meta
         with self.lock:
             self.received.append(ds)
+            self.arrived_at.append(time.monotonic())
         return 0x0000
 
     def start(self, port: int = 0) -> Receiver:
         ae = AE(ae_title=self.ae_title)
         ae.maximum_associations = 100  # a PACS takes many; in-process tests also leave finished threads behind
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         self.server = ae.start_server(("127.0.0.1", port), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])

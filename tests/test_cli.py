@@ -12,7 +12,7 @@ from node.cli import main
 from tests.conftest import node_config
 from tests.helpers import real_file
 
-SUBCOMMANDS = ["serve", "check-config", "status", "predict", "train", "synth", "evaluate"]
+SUBCOMMANDS = ["serve", "check-config", "status", "audit", "predict", "train", "synth", "evaluate"]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)

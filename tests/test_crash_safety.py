@@ -58,12 +58,11 @@ class PacsSender:
 
 def _phase_in_log(log: str) -> str | None:
     """What the node was doing when it died: its last evaluation or sending line, unless finished."""
-    lines = [line for line in log.splitlines()
-             if "evaluating series" in line or "sending report" in line or "report delivery" in line
-             or " -> " in line]
+    markers = ("series.evaluating", "report.created", "series.not_evaluated", "sending report", "delivery.")
+    lines = [line for line in log.splitlines() if any(m in line for m in markers)]
     if not lines:
         return None
-    return "evaluating" if "evaluating series" in lines[-1] else "sending" if "sending report" in lines[-1] else None
+    return "evaluating" if "series.evaluating" in lines[-1] else "sending" if "sending report" in lines[-1] else None
 
 
 PLAN = ("receiving", "receiving", "receiving", "evaluating", "evaluating", "evaluating", "sending", "sending")
@@ -117,7 +116,7 @@ def _kill_while(planned: str, serve: ServeProcess, pacs: PacsSender, rng: random
         return hit
     if planned == "evaluating":
         pacs.send_pending(serve.port)  # anything the last kill left unacknowledged
-    marker = "evaluating series" if planned == "evaluating" else "sending report"
+    marker = "series.evaluating" if planned == "evaluating" else "sending report"
     wait_for(lambda: marker in serve.output(), timeout=120, interval=0.01)
     time.sleep(rng.uniform(0.0, 0.5))
     hit = _phase_in_log(serve.output()) or "idle"

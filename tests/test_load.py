@@ -23,13 +23,13 @@ PER_SENDER = 100
 
 def test_ten_associations_of_a_hundred_while_inference_runs(tmp_path: Path, model_dir: Path, receiver: Receiver,
                                                             classifiers, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="node.evaluation")
+    caplog.set_level(logging.INFO, logger="dfnode.audit")
     node = Node(node_config(tmp_path / "var", model_dir, receiver.port, node={"max_associations": SENDERS}),
                 classifiers).start(port=0)
     try:
         busy = ct_series(tmp_path / "busy", slices=120, size=64, seed=99)  # evaluated while the others arrive
         assert send(busy, node.port) == [0x0000] * len(busy)
-        wait_for(lambda: "evaluating series" in caplog.text, timeout=30, interval=0.01)
+        wait_for(lambda: "series.evaluating" in caplog.text, timeout=30, interval=0.01)
         series = [ct_series(tmp_path / f"s{n}", slices=PER_SENDER, size=64, seed=n) for n in range(SENDERS)]
         results: dict[int, list[int | None]] = {}
         threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, send(series[n], node.port)))

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,6 +41,22 @@ def test_loaded_model_scores_in_unit_range(model_dir: Path) -> None:
     scores = classifier.scores([torch.rand(64, 64).numpy() for _ in range(3)])
     assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all()
     assert classifier.version == read_card(model_dir / "knee.json").weights.sha256[:12]
+
+
+def test_onnxruntime_backend_scores_as_pytorch_does(model_dir: Path, tmp_path: Path) -> None:
+    """The export is made once per weights file and reused; its scores equal eager PyTorch's."""
+    images = [torch.rand(64, 64).numpy() for _ in range(11)]  # more than a batch: the batch axis is dynamic
+    eager = load_classifier(model_dir / "knee.json", backend="torch")
+    fast = load_classifier(model_dir / "knee.json", backend="onnxruntime", cache_dir=tmp_path)
+    assert (eager.backend, fast.backend) == ("torch", "onnxruntime")
+    assert np.allclose(fast.scores(images), eager.scores(images), atol=1e-5)
+    (export,) = tmp_path.glob("knee-*.onnx")
+    written = export.stat().st_mtime_ns
+    load_classifier(model_dir / "knee.json", backend="onnxruntime", cache_dir=tmp_path)
+    assert export.stat().st_mtime_ns == written
+    assert load_classifier(model_dir / "knee.json", backend="auto", cache_dir=tmp_path).backend == "onnxruntime"
+    with pytest.raises(ModelLoadError, match="runs on the CPU"):
+        load_classifier(model_dir / "knee.json", device="cuda", backend="onnxruntime")
 
 
 def test_missing_shard_is_named(model_copy: Path) -> None:

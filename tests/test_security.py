@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from node.config import NodeSettings, Peer
-from node.db import AssociationRecord, Instance
+from node.db import AuditEvent, Instance
 from node.service import Node
 from scp.storage_scp import PeerPolicy
 from tests.helpers import copy_with_new_uids, echo, real_file, send
@@ -25,10 +25,11 @@ def test_rejected_associations_store_nothing(running_node: Node, tmp_path: Path,
     assert echo(running_node.port, calling=calling, called=called) is None
     with running_node.db.session() as s:
         assert list(s.scalars(select(Instance))) == []
-        records = list(s.scalars(select(AssociationRecord)))
-    assert records and not any(r.accepted for r in records) and reason in records[0].reason
+        records = list(s.scalars(select(AuditEvent).where(AuditEvent.event.startswith("association."))))
+    assert records and all(r.event == "association.rejected" for r in records) and reason in records[0].detail
+    assert (records[0].calling_ae, records[0].called_ae, records[0].address) == (calling, called, "127.0.0.1")
     assert not any(running_node.config.storage.spool_dir.rglob("*.dcm"))
-    assert any("association rejected" in r.message and reason in r.message for r in caplog.records)
+    assert any("association.rejected" in r.message and reason in r.message for r in caplog.records)
     assert echo(running_node.port) == 0x0000  # the node keeps serving known peers
 
 

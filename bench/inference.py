@@ -1,0 +1,135 @@
+"""Inference throughput per model on this machine: raw timm EfficientNet-B4 (eager float32, batch 8, at
+the card's input size) against dfnode's whole path (read, decode, preprocess, model), with each lever
+measured on its own.
+
+    .venv/bin/python -m bench.inference [--images 64] [--repeats 3] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from pydicom import dcmread
+
+from bench.common import REPO, median, print_table
+from inference.model import Classifier, load_classifier, to_batch
+from inference.preprocess import prepare_dataset
+from inference.scoring import score_files
+from tests.conftest import write_test_model
+from tests.helpers import copy_with_new_uids, ct_series, real_file
+
+BATCH = 8
+
+
+def rate(images: int, run: Callable[[], object], repeats: int) -> float:
+    """Images per second, the median of `repeats` timed runs after one warm-up."""
+    run()
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - started)
+    return images / median(seconds)
+
+
+def batches(classifier: Classifier, count: int) -> list[torch.Tensor]:
+    """Model-ready batches of random images (the network's time does not depend on the pixels)."""
+    p = classifier.card.preprocessing
+    size = classifier.card.input_size
+    rng = np.random.default_rng(0)
+    images = [rng.random((size, size), dtype=np.float32) for _ in range(count)]
+    return [to_batch(images[i:i + BATCH], p.normalization_mean, p.normalization_std, p.residual_channel)
+            for i in range(0, count, BATCH)]
+
+
+def series_for(model: str, folder: Path, count: int) -> list[Path]:
+    """What the model sees in practice: 512 x 512 CT slices, or real CR radiographs (2,140 x 1,760)."""
+    if model == "lung":
+        return ct_series(folder, slices=count, size=512)
+    return [copy_with_new_uids(real_file("RG1_UNCR.dcm"), folder, BodyPartExamined="KNEE") for _ in range(count)]
+
+
+def measure(model: str, folder: Path, count: int, repeats: int, compile_too: bool,
+            input_size: int | None) -> list[list[str]]:
+    card = REPO / "weights" / f"{model}.json"
+    if input_size is not None:  # the same network at another input size, random weights: speed only
+        card = write_test_model(folder / f"{model}-{input_size}", model, "ct" if model == "lung" else "xray",
+                                input_size=input_size)
+        model = f"{model} @{input_size}"
+    eager = load_classifier(card, backend="torch", batch_size=BATCH)
+    fast = load_classifier(card, backend="onnxruntime", cache_dir=folder / "cache", batch_size=BATCH)
+    ready = batches(eager, count)
+    raw = timm.create_model("efficientnet_b4", pretrained=False, num_classes=1, in_chans=eager.card.in_chans).eval()
+    raw.load_state_dict(eager.network.state_dict())
+    contiguous = [b.contiguous() for b in ready]
+    files = series_for(model.split()[0], folder / model.split()[0], count)
+
+    def raw_forward() -> None:
+        with torch.no_grad():
+            for b in contiguous:
+                raw(b)
+
+    def tuned_forward() -> None:
+        with torch.inference_mode():
+            for b in ready:
+                eager.network(b)
+
+    def ort_forward() -> None:
+        assert fast.runner is not None
+        for b in ready:
+            fast.runner(b)
+
+    def decode_and_prepare() -> None:
+        for path in files:
+            prepare_dataset(dcmread(path), eager.card.preprocessing_spec())
+
+    rows: list[tuple[str, float]] = [
+        ("raw timm, eager float32 (baseline)", rate(count, raw_forward, repeats)),
+        ("model: channels_last + inference_mode", rate(count, tuned_forward, repeats)),
+    ]
+    if compile_too:
+        compiled = torch.compile(eager.network)
+        rows.append(("model: torch.compile", rate(count, lambda: [compiled(b) for b in ready], repeats)))
+    rows += [
+        ("model: onnxruntime", rate(count, ort_forward, repeats)),
+        ("read + decode + preprocess only", rate(count, decode_and_prepare, repeats)),
+        ("dfnode path, PyTorch backend", rate(count, lambda: score_files(eager, files), repeats)),
+        ("dfnode path, onnxruntime backend (default)", rate(count, lambda: score_files(fast, files), repeats)),
+    ]
+    baseline, path = rows[0][1], rows[-1][1]
+    prepare = next(r for name, r in rows if name.startswith("read"))
+    share = path / prepare  # seconds preparing per second of the whole path
+    out = [[model, name, f"{value:.1f}", f"{value / baseline:.2f}x"] for name, value in rows]
+    out.append([model, "decode + preprocess share of the dfnode path", f"{share * 100:.0f}%", ""])
+    out.append([model, "dfnode path vs raw timm (target >= 1.8x)", "", f"{path / baseline:.2f}x"])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=["knee", "lung"])
+    parser.add_argument("--compile", action="store_true", help="also torch.compile (minutes to compile on a CPU)")
+    parser.add_argument("--input-size", type=int, help="the same networks at this input size (random weights)")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="dfnode-bench-inference-"))
+    try:
+        rows = [row for model in args.models for row in measure(model, folder, args.images, args.repeats,
+                                                                 args.compile, args.input_size)]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print_table(f"Inference, CPU, {args.images} images per run, batch {BATCH}, median of {args.repeats}",
+                ["model", "what runs", "images/s", "vs raw timm"], rows)
+
+
+if __name__ == "__main__":
+    main()
