@@ -68,7 +68,7 @@ def measure(model: str, folder: Path, count: int, repeats: int, compile_too: boo
     fast = load_classifier(card, backend="onnxruntime", cache_dir=folder / "cache", batch_size=BATCH)
     ready = batches(eager, count)
     raw = timm.create_model("efficientnet_b4", pretrained=False, num_classes=1, in_chans=eager.card.in_chans).eval()
-    raw.load_state_dict(eager.network.state_dict())
+    raw.load_state_dict(eager.torch_network.state_dict())
     contiguous = [b.contiguous() for b in ready]
     files = series_for(model.split()[0], folder / model.split()[0], count)
 
@@ -80,7 +80,7 @@ def measure(model: str, folder: Path, count: int, repeats: int, compile_too: boo
     def tuned_forward() -> None:
         with torch.inference_mode():
             for b in ready:
-                eager.network(b)
+                eager.torch_network(b)
 
     def ort_forward() -> None:
         assert fast.runner is not None
@@ -96,7 +96,7 @@ def measure(model: str, folder: Path, count: int, repeats: int, compile_too: boo
         ("model: channels_last + inference_mode", rate(count, tuned_forward, repeats)),
     ]
     if compile_too:
-        compiled = torch.compile(eager.network)
+        compiled = torch.compile(eager.torch_network)
         rows.append(("model: torch.compile", rate(count, lambda: [compiled(b) for b in ready], repeats)))
     rows += [
         ("model: onnxruntime", rate(count, ort_forward, repeats)),

@@ -32,11 +32,15 @@ class Box:
         return [(c0, r0), (c1, r0), (c1, r1), (c0, r1), (c0, r0)]
 
 
-def activation_maps(network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Per-cell logits (N, h, w) of a timm EfficientNet with a one-output linear head."""
-    features = network.forward_features(batch)  # type: ignore[operator]
+def activation_cells(network: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """The one-output linear head applied to every cell of the last feature map: per-cell logits (N, h, w)."""
     head = network.get_classifier()  # type: ignore[operator]
     return torch.einsum("nchw,c->nhw", features.float(), head.weight[0].float()) + head.bias[0].float()
+
+
+def activation_maps(network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Per-cell logits (N, h, w) of a timm EfficientNet with a one-output linear head."""
+    return activation_cells(network, network.forward_features(batch))  # type: ignore[operator]
 
 
 def hottest_box(cell_logits: np.ndarray, input_size: int, source_shape: tuple[int, int]) -> Box | None:

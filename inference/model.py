@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import timm
@@ -14,8 +13,11 @@ from timm.models.efficientnet import EfficientNet
 
 from inference.localisation import Box, activation_maps, hottest_box
 from inference.model_card import ModelCard, read_card
-from inference.weights import load_verified_weights
+from inference.weights import load_verified_weights, verify_weights
 from node.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from inference.onnx_runtime import OnnxRunner
 
 
 def build_network(in_chans: int = 1, drop_rate: float = 0.0) -> EfficientNet:
@@ -59,10 +61,10 @@ class Classifier:
     """A loaded model and its card; `scores` turns prepared images into probabilities."""
 
     card: ModelCard
-    network: torch.nn.Module
+    network: torch.nn.Module | None  # None with the onnxruntime backend: `runner` does all the work
     device: torch.device
     batch_size: int = 8
-    runner: Callable[[torch.Tensor], torch.Tensor] | None = None  # scores batches instead of `network`
+    runner: OnnxRunner | None = None
 
     @property
     def backend(self) -> str:
@@ -85,7 +87,7 @@ class Classifier:
                 chunk = images[start:start + self.batch_size]
                 batch = to_batch(chunk, p.normalization_mean, p.normalization_std, p.residual_channel)
                 batch = batch.to(self.device)
-                logits = (self.runner or self.network)(batch).float().reshape(-1)
+                logits = self._forward(batch).float().reshape(-1)
                 out.append(torch.sigmoid(logits).cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
@@ -94,8 +96,18 @@ class Classifier:
         p = self.card.preprocessing
         batch = to_batch([image], p.normalization_mean, p.normalization_std, p.residual_channel).to(self.device)
         with torch.inference_mode():
-            cells = activation_maps(self.network, batch)[0].cpu().numpy()
-        return hottest_box(cells, self.card.input_size, source_shape)
+            maps = self.runner.cells(batch) if self.runner is not None else activation_maps(self.torch_network, batch)
+        return hottest_box(maps[0].cpu().numpy(), self.card.input_size, source_shape)
+
+    @property
+    def torch_network(self) -> torch.nn.Module:
+        """The PyTorch network (the torch backend; training and evaluation load that one)."""
+        if self.network is None:
+            raise RuntimeError(f"model {self.name} runs on onnxruntime; load it with backend='torch'")
+        return self.network
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.runner(batch) if self.runner is not None else self.torch_network(batch)
 
 
 Backend = Literal["auto", "torch", "onnxruntime"]
@@ -118,10 +130,22 @@ def load_classifier(card_path: Path, device: str = "cpu", batch_size: int = 8, b
                     cache_dir: Path | None = None, threads: int = 0) -> Classifier:
     """Load a card and its verified weights; `ModelLoadError` names the file and the fault.
 
-    With the onnxruntime backend the network is exported to `cache_dir` on first use (the PyTorch
-    network stays loaded for the activation maps of suspected images)."""
+    With the onnxruntime backend the network is exported to `cache_dir` on first use; later loads check
+    the weights' hashes and open the export without building the PyTorch network at all."""
     chosen = resolve_backend(backend, device)
     card = read_card(card_path)
+    if chosen == "onnxruntime":
+        from inference.onnx_runtime import onnx_runner
+
+        verify_weights(card.weights, card_path.parent)
+        runner = onnx_runner(card, cache_dir or card_path.parent / ".onnx-cache", threads,
+                             lambda: _network(card_path, card, torch.device("cpu")))
+        return Classifier(card, None, torch.device(device), batch_size, runner)
+    return Classifier(card, _network(card_path, card, torch.device(device)), torch.device(device), batch_size)
+
+
+def _network(card_path: Path, card: ModelCard, device: torch.device) -> torch.nn.Module:
+    """The PyTorch network with the card's verified weights, in eval mode and channels_last."""
     state = load_verified_weights(card.weights, card_path.parent)
     network = build_network(in_chans=card.in_chans)
     try:
@@ -130,11 +154,4 @@ def load_classifier(card_path: Path, device: str = "cpu", batch_size: int = 8, b
         first = str(exc).splitlines()[0]
         raise ModelLoadError(f"{card_path.parent / card.weights.file}: weights do not fit "
                              f"{card.architecture} ({first})") from None
-    torch_device = torch.device(device)
-    network = network.to(torch_device).eval().to(memory_format=torch.channels_last)
-    runner = None
-    if chosen == "onnxruntime":
-        from inference.onnx_runtime import onnx_runner
-
-        runner = onnx_runner(network, card, cache_dir or card_path.parent / ".onnx-cache", threads)
-    return Classifier(card, network, torch_device, batch_size, runner)
+    return network.to(device).eval().to(memory_format=torch.channels_last)

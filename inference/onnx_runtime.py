@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from inference.localisation import activation_cells
 from inference.model_card import ModelCard
 
 log = logging.getLogger(__name__)
@@ -30,19 +32,35 @@ def available() -> bool:
     return True
 
 
+EXPORT_FORMAT = 2  # 2: the logit and the activation map; bump when the exported graph changes
+
+
 def export_path(cache_dir: Path, card: ModelCard) -> Path:
-    return cache_dir / f"{card.name}-{card.weights.sha256[:16]}-{card.input_size}px.onnx"
+    return cache_dir / f"{card.name}-{card.weights.sha256[:16]}-{card.input_size}px-v{EXPORT_FORMAT}.onnx"
+
+
+class _LogitAndCells(torch.nn.Module):
+    """The network with a second output: its activation map (see `localisation.activation_maps`)."""
+
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.network.forward_features(image)  # type: ignore[operator]
+        return self.network.forward_head(features), activation_cells(self.network, features)  # type: ignore[operator]
 
 
 def export(network: torch.nn.Module, card: ModelCard, path: Path) -> Path:
     """Write the network as ONNX (float32, batch axis dynamic) to `path`, atomically."""
     sample = torch.zeros(2, card.in_chans, card.input_size, card.input_size)
-    network = network.float().eval()
+    wrapped = _LogitAndCells(network.float().eval()).eval()
     with warnings.catch_warnings():  # the exporter's own notices are not the user's business
         warnings.simplefilter("ignore")
         tmp = path.with_name(f".{path.name}.{os.getpid()}.exporting")
-        torch.onnx.export(network, (sample,), str(tmp), input_names=["image"], output_names=["logit"],
-                          dynamic_axes={"image": {0: "batch"}, "logit": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(wrapped, (sample,), str(tmp), input_names=["image"], output_names=["logit", "cells"],
+                          dynamic_axes={"image": {0: "batch"}, "logit": {0: "batch"}, "cells": {0: "batch"}},
+                          dynamo=False)
     os.replace(tmp, path)  # a reader sees the whole file or none
     return path
 
@@ -57,19 +75,34 @@ class OnnxRunner:
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.enable_cpu_mem_arena = False  # the arena keeps its high-water mark for good: ~170 MB more
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def _run(self, output: str, batch: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(batch.float().numpy())  # ORT wants contiguous NCHW
-        (logits,) = self.session.run(["logit"], {"image": array})
-        return torch.from_numpy(logits)
+        (values,) = self.session.run([output], {"image": array})
+        return torch.from_numpy(values)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits, (N, 1)."""
+        return self._run("logit", batch)
+
+    def cells(self, batch: torch.Tensor) -> torch.Tensor:
+        """Activation maps, (N, h, w): per-cell logits."""
+        return self._run("cells", batch)
 
 
-def onnx_runner(network: torch.nn.Module, card: ModelCard, cache_dir: Path, threads: int = 0) -> OnnxRunner:
-    """The runner for this card's weights, exporting them first when the cache has no copy."""
+def onnx_runner(card: ModelCard, cache_dir: Path, threads: int, network: Callable[[], torch.nn.Module]
+                ) -> OnnxRunner:
+    """The runner for this card's weights; `network()` builds the PyTorch network to export when the
+    cache has no usable copy (none yet, or one onnxruntime cannot open)."""
     path = export_path(cache_dir, card)
-    if not path.is_file():
-        log.info("exporting model %s (%s) to ONNX for onnxruntime: %s", card.name, card.version, path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        export(network, card, path)
+    if path.is_file():
+        try:
+            return OnnxRunner(path, threads)
+        except Exception as exc:  # onnxruntime raises its own types for a damaged file
+            log.warning("cached export %s cannot be opened (%s); exporting again", path, exc)
+    log.info("exporting model %s (%s) to ONNX for onnxruntime: %s", card.name, card.version, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export(network(), card, path)
     return OnnxRunner(path, threads)

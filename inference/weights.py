@@ -78,8 +78,8 @@ def weight_files(weights: CardWeights, folder: Path) -> list[Path]:
     return [folder / n for n in names]
 
 
-def load_verified_weights(weights: CardWeights, folder: Path) -> dict[str, torch.Tensor]:
-    """Check every file against the card's SHA-256 and load the tensors as float32."""
+def verify_weights(weights: CardWeights, folder: Path) -> list[Path]:
+    """Check every file against the card's SHA-256; returns the files. `ModelLoadError` names a bad one."""
     paths = weight_files(weights, folder)
     for path in paths:
         if not path.is_file():
@@ -89,6 +89,12 @@ def load_verified_weights(weights: CardWeights, folder: Path) -> dict[str, torch
             raise ModelLoadError(f"{path}: SHA-256 does not match the model card (corrupt or replaced)")
     if _sha256(*paths) != weights.sha256:
         raise ModelLoadError(f"{folder / weights.file}: SHA-256 does not match the model card")
+    return paths
+
+
+def load_verified_weights(weights: CardWeights, folder: Path) -> dict[str, torch.Tensor]:
+    """Check every file against the card's SHA-256 and load the tensors as float32."""
+    paths = verify_weights(weights, folder)
     state: dict[str, torch.Tensor] = {}
     for path in paths:
         try:

@@ -47,18 +47,31 @@ class Evaluator:
         self.audit = audit
         self.classifiers = classifiers
         self.device_uid = device_uid
+        self.next_due_at: float | None = None  # when the earliest series not yet due becomes due
 
     def due_series(self, now: float) -> list[int]:
+        """Series whose stable time has passed; notes when the next one will be due."""
         with self.db.session() as s:
             candidates = s.execute(select(Series.id, Series.route, Series.last_received_at).where(
                 Series.route.is_not(None), Series.received_version > Series.evaluated_version)).all()
-        due = []
+        due: list[int] = []
+        waiting: list[float] = []
         for series_id, route_name, last in candidates:
             route = self.config.route(route_name or "")
             stable = route.series_stable_seconds if route else 0.0
             if now - last >= stable:
                 due.append(series_id)
+            else:
+                waiting.append(last + stable)
+        self.next_due_at = min(waiting) if waiting else None
         return due
+
+    def seconds_to_next_due(self, longest: float = 0.5) -> float:
+        """How long the evaluator may sleep: until the next series is due, at most `longest` (a new
+        instance wakes it anyway)."""
+        if self.next_due_at is None:
+            return longest
+        return min(longest, max(0.005, self.next_due_at - time.time()))
 
     def run_once(self) -> int:
         """Evaluate every due series; returns how many were evaluated."""

@@ -23,6 +23,7 @@ from node.delivery import Deliverer
 from node.errors import ModelLoadError
 from node.evaluation import Evaluator
 from node.ingest import Ingest
+from node.priority import EVALUATION_NICENESS, at_lower_priority, lower_this_thread
 from node.retention import Retention
 from node.spool_budget import SpoolBudget
 from scp.listener import DeferredHandshakeServer
@@ -85,20 +86,22 @@ def _device_uid(data_dir: Path) -> str:
 
 
 class _Loop(threading.Thread):
-    """Runs `step` until stopped, waking early when `wake` is set."""
+    """Runs `step` until stopped, then waits `period()` seconds or until `wake` is set; `niceness` lowers
+    the thread's CPU priority (and that of the threads it starts)."""
 
     def __init__(self, name: str, step: Callable[[], int], wake: threading.Event, stop: threading.Event,
-                 period: float):
+                 period: Callable[[], float], niceness: int = 0):
         super().__init__(name=name, daemon=True)
-        self.step, self.wake, self.stop_event, self.period = step, wake, stop, period
+        self.step, self.wake, self.stop_event, self.period, self.niceness = step, wake, stop, period, niceness
 
     def run(self) -> None:
+        lower_this_thread(self.niceness)
         while not self.stop_event.is_set():
             try:
                 self.step()
             except Exception:  # keep serving; the cause is in the log
                 log.exception("%s loop failed; continuing", self.name)
-            self.wake.wait(self.period)
+            self.wake.wait(self.period())
             self.wake.clear()
 
 
@@ -108,7 +111,8 @@ class Node:
     def __init__(self, config: Config, classifiers: dict[str, Classifier] | None = None):
         self.config = config
         self.tls = TlsContexts(config)  # a TLS file that cannot be loaded stops the start here
-        self.classifiers = classifiers if classifiers is not None else load_models(config)
+        # loaded on a nicer thread: the inference libraries' thread pools inherit its priority
+        self.classifiers = classifiers if classifiers is not None else at_lower_priority(lambda: load_models(config))
         self.db = Database(config.storage.database_path)
         self.stop_event = threading.Event()
         self.evaluate_wake = threading.Event()
@@ -159,12 +163,14 @@ class Node:
             tls = TlsListener(self.config.tls.port if tls_port is None else tls_port, self.tls.server,
                               self.config.tls.handshake_timeout_seconds)
         self.servers = start_storage_scp(self.config.node, policy, self.ingest, self.audit, plain_port, tls)
+        sending, storage = self.config.sending, self.config.storage
         self.threads = [
-            _Loop("evaluator", self._evaluate_step, self.evaluate_wake, self.stop_event, 0.5),
+            _Loop("evaluator", self._evaluate_step, self.evaluate_wake, self.stop_event,
+                  self.evaluator.seconds_to_next_due, niceness=EVALUATION_NICENESS),
             _Loop("deliverer", self.deliverer.run_once, self.deliver_wake, self.stop_event,
-                  self.config.sending.poll_seconds),
+                  lambda: sending.poll_seconds),
             _Loop("retention", self.retention.run_once, self.retention_wake, self.stop_event,
-                  self.config.storage.retention_check_seconds),
+                  lambda: storage.retention_check_seconds),
         ]
         for thread in self.threads:
             thread.start()

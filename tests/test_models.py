@@ -50,10 +50,16 @@ def test_onnxruntime_backend_scores_as_pytorch_does(model_dir: Path, tmp_path: P
     fast = load_classifier(model_dir / "knee.json", backend="onnxruntime", cache_dir=tmp_path)
     assert (eager.backend, fast.backend) == ("torch", "onnxruntime")
     assert np.allclose(fast.scores(images), eager.scores(images), atol=1e-5)
+    assert fast.network is None  # the PyTorch copy is not kept
+    boxes = [(fast.localise(image, (300, 200)), eager.localise(image, (300, 200))) for image in images[:4]]
+    assert all(a == b for a, b in boxes) and any(a is not None for a, _ in boxes)
     (export,) = tmp_path.glob("knee-*.onnx")
     written = export.stat().st_mtime_ns
     load_classifier(model_dir / "knee.json", backend="onnxruntime", cache_dir=tmp_path)
     assert export.stat().st_mtime_ns == written
+    export.write_bytes(b"damaged")  # a damaged export is made again
+    again = load_classifier(model_dir / "knee.json", backend="onnxruntime", cache_dir=tmp_path)
+    assert np.allclose(again.scores(images), eager.scores(images), atol=1e-5)
     assert load_classifier(model_dir / "knee.json", backend="auto", cache_dir=tmp_path).backend == "onnxruntime"
     with pytest.raises(ModelLoadError, match="runs on the CPU"):
         load_classifier(model_dir / "knee.json", device="cuda", backend="onnxruntime")

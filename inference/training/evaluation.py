@@ -33,7 +33,7 @@ class Scorer:
 def scorer_for(classifier: Classifier, batch_size: int = 32) -> Scorer:
     """A scorer that feeds a loaded model exactly as its card says."""
     p = classifier.card.preprocessing
-    return Scorer(classifier.network, classifier.card.preprocessing_spec(), p.normalization_mean,
+    return Scorer(classifier.torch_network, classifier.card.preprocessing_spec(), p.normalization_mean,
                   p.normalization_std, classifier.device, batch_size, p.residual_channel)
 
 
