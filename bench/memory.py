@@ -51,7 +51,7 @@ def run(folder: Path, series: int, slices: int) -> None:
         for n in range(1, series + 1):
             files = with_new_uids(template, folder / f"s{n}")
             assert set(send(files, port)) == {0}
-            wait_for(lambda: len(receiver.reports()) >= n, timeout=900)  # noqa: B023 (waited for here)
+            wait_for(lambda: len(receiver.reports()) >= n, timeout=900)  # noqa: B023 (called before n changes)
             shutil.rmtree(folder / f"s{n}")
             rows.append([f"after {n * slices} instances received, evaluated, reported", *(f"{v:.0f}" for v in
                                                                                           memory_mib(pid))])

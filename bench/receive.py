@@ -102,6 +102,15 @@ def latencies(port: int, files: list[Path]) -> list[float]:
     return out
 
 
+def _ratios(name: str, rate: dict[str, float]) -> str:
+    """dfnode's rate against storescp's and Orthanc's under the same conditions (4 senders with 4)."""
+    if not name.startswith("dfnode"):
+        return ""
+    same = ", 4 senders" if name.endswith("4 senders") else ""
+    return (f"{rate[name] / rate['storescp' + same]:.2f}x storescp, "
+            f"{rate[name] / rate['orthanc' + same]:.2f}x Orthanc")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=300)
@@ -140,20 +149,9 @@ def run(folder: Path, slices: int, rounds: int) -> None:
     finally:
         targets.stop()
 
-    rows = []
-    for name, values in seconds.items():
-        t = median(values)
-        peer = name.split(",")[0]
-        versus = "" if peer != "dfnode" else ""
-        rows.append([name, f"{slices / t:.1f}", f"{megabytes / t:.1f}", f"{t:.2f}", versus])
-    by_name = {name: slices / median(v) for name, v in seconds.items()}
-    for row in rows:
-        if row[0].startswith("dfnode"):
-            suffix = row[0][len("dfnode"):]
-            rate = by_name[row[0]]
-            storescp = by_name.get("storescp" + (suffix if "senders" in suffix else ""))
-            orthanc = by_name.get("orthanc" + (suffix if "senders" in suffix else ""))
-            row[4] = f"{rate / storescp:.2f}x storescp, {rate / orthanc:.2f}x Orthanc" if storescp and orthanc else ""
+    rate = {name: slices / median(values) for name, values in seconds.items()}
+    rows = [[name, f"{rate[name]:.1f}", f"{rate[name] * megabytes / slices:.1f}", f"{slices / rate[name]:.2f}",
+             _ratios(name, rate)] for name in rate]
     print_table(f"Receiving {slices} CT slices of {SIZE} x {SIZE} ({megabytes:.0f} MB) from storescu, "
                 f"median of {rounds} rounds", ["receiver", "instances/s", "MB/s", "seconds", "dfnode's ratio"], rows)
     print(f"\ninference was still running when the timed transfer ended in {sum(busy_overlap)} of "
