@@ -58,13 +58,13 @@ class Audit:
     def record(self, event: str, level: int = logging.INFO, **fields: object) -> None:
         """Write and log one event. Best effort: a database failure is logged and does not raise,
         so that a full disk never turns a peer away by itself."""
-        row = AuditEvent(**_columns(event, fields))
+        columns = _columns(event, fields)
         try:
-            with self.db.write_lock, self.db.session() as s, s.begin():
-                s.add(row)
+            with self.db.write_lock, self.db.engine.begin() as connection:
+                connection.execute(_INSERT, columns)
         except SQLAlchemyError as exc:
             log.error("audit event %s not written to the database (%s)", event, exc.__class__.__name__)
-        emit(row, level)
+        emit(AuditEvent(**columns), level)
 
 
 @dataclass(frozen=True)

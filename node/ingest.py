@@ -118,5 +118,4 @@ class Ingest:
                 "patient_id": str(header.get("PatientID", "") or "")[:64], "modality": tags.modality,
                 "body_part": tags.body_part[:64], "description": str(header.get("SeriesDescription", "") or "")[:128],
                 "calling_ae": instance.calling_ae, "route": route.name if route else None,
-                "model": route.model if route else None, "first_received_at": now, "last_received_at": now,
-                "instance_count": 0, "received_version": 0, "evaluated_version": 0}
+                "model": route.model if route else None, "first_received_at": now, "last_received_at": now}
