@@ -93,11 +93,15 @@ class Classifier:
 
     def localise(self, image: np.ndarray, source_shape: tuple[int, int]) -> Box | None:
         """The box (source pixels) around the region that drives one prepared image's score."""
+        return hottest_box(self.activation_cells(image), self.card.input_size, source_shape)
+
+    def activation_cells(self, image: np.ndarray) -> np.ndarray:
+        """Per-cell logits (h, w) of one prepared image: where the score comes from."""
         p = self.card.preprocessing
         batch = to_batch([image], p.normalization_mean, p.normalization_std, p.residual_channel).to(self.device)
         with torch.inference_mode():
             maps = self.runner.cells(batch) if self.runner is not None else activation_maps(self.torch_network, batch)
-        return hottest_box(maps[0].cpu().numpy(), self.card.input_size, source_shape)
+        return np.asarray(maps[0].cpu().numpy(), dtype=np.float32)
 
     @property
     def torch_network(self) -> torch.nn.Module:

@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from inference.localisation import Box
 from inference.model import Classifier
 from inference.preprocess import Preprocessing, prepare_dataset
+from inference.slices import neighbour_positions, sampled_positions, slice_order
 from node.errors import NotEvaluable
 
 
@@ -118,19 +119,48 @@ def _prepare_chunk(paths: list[Path], prep: Preprocessing) -> _PreparedChunk:
     return chunk
 
 
-def score_files(classifier: Classifier, paths: Iterable[Path]) -> tuple[SeriesResult, list[Dataset]]:
+_Top = tuple[float, tuple[str, int | None], np.ndarray, tuple[int, int]]  # the most suspicious image
+
+
+@dataclass
+class _Scored:
+    """What scoring some files of a series gave: results, failures, headers, the most suspicious image."""
+
+    evaluated: list[ImageResult]
+    failures: list[ImageResult]
+    headers: list[Dataset]
+    top: _Top | None
+
+    def merge(self, other: _Scored) -> None:
+        self.evaluated += other.evaluated
+        self.failures += other.failures
+        self.headers += other.headers
+        if other.top is not None and (self.top is None or other.top[0] > self.top[0]):
+            self.top = other.top
+
+
+def score_files(classifier: Classifier, paths: Iterable[Path], slice_stride: int = 1
+                ) -> tuple[SeriesResult, list[Dataset]]:
     """Evaluate the DICOM files of one series; unusable images are reported, never raised.
 
     Each file is read once; its header (the dataset without pixel data) comes back for the report.
-    The next batch of files is read and prepared on a second thread while the model scores this one,
-    and only the most suspicious image is kept, so a long series costs one batch of images in memory."""
-    prep = classifier.card.preprocessing_spec()
+    With `slice_stride` n > 1, every n-th slice and the neighbours of suspicious ones are scored
+    (`inference.slices`); the others are reported as not evaluated, with the stride as the reason."""
     files = list(paths)
+    if slice_stride > 1 and len(files) > slice_stride:
+        scored = _score_strided(classifier, files, slice_stride)
+    else:
+        scored = _score_paths(classifier, files)
+    return _series_result(classifier, scored), scored.headers
+
+
+def _score_paths(classifier: Classifier, files: list[Path]) -> _Scored:
+    """Score files in batches. The next batch is read and prepared on a second thread while the model
+    scores this one, and only the most suspicious image is kept, so a long series costs one batch of
+    images in memory."""
+    prep = classifier.card.preprocessing_spec()
     parts = [files[i:i + classifier.batch_size] for i in range(0, len(files), classifier.batch_size)]
-    failures: list[ImageResult] = []
-    evaluated: list[ImageResult] = []
-    headers: list[Dataset] = []
-    top: tuple[float, tuple[str, int | None], np.ndarray, tuple[int, int]] | None = None
+    scored = _Scored([], [], [], None)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as pool:
         upcoming = [pool.submit(_prepare_chunk, part, prep) for part in parts[:1]]
         for n in range(len(parts)):
@@ -138,23 +168,62 @@ def score_files(classifier: Classifier, paths: Iterable[Path]) -> tuple[SeriesRe
             if n + 1 < len(parts):
                 upcoming.append(pool.submit(_prepare_chunk, parts[n + 1], prep))
             probabilities = classifier.scores(chunk.images)
-            failures += chunk.failures
-            headers += chunk.headers
-            evaluated += [ImageResult(uid, frame, float(p)) for (uid, frame), p in zip(chunk.keys, probabilities,
-                                                                                      strict=True)]
+            top = None
             if len(probabilities):
                 best = int(np.argmax(probabilities))
-                if top is None or probabilities[best] > top[0]:
-                    top = (float(probabilities[best]), chunk.keys[best], chunk.images[best], chunk.shapes[best])
-    results = failures + evaluated
+                top = (float(probabilities[best]), chunk.keys[best], chunk.images[best], chunk.shapes[best])
+            scored.merge(_Scored([ImageResult(uid, frame, float(p))
+                                  for (uid, frame), p in zip(chunk.keys, probabilities, strict=True)],
+                                 chunk.failures, chunk.headers, top))
+    return scored
+
+
+def _score_strided(classifier: Classifier, files: list[Path], stride: int) -> _Scored:
+    """Every `stride`-th slice in anatomical order, then the unscored neighbours of suspicious ones."""
+    headers = [_read_header(path) for path in files]
+    order = slice_order(headers)
+    uid_at = [_sop_instance_uid(headers[i]) for i in order]
+    unreadable = [p for p, uid in enumerate(uid_at) if uid is None]  # scored first, so reported as failures
+    first = sorted(set(sampled_positions(len(files), stride)) | set(unreadable))
+    scored = _score_paths(classifier, [files[order[p]] for p in first])
+    score_of = {r.sop_instance_uid: r.score or 0.0 for r in scored.evaluated}
+    flagged = [p for p in first if score_of.get(uid_at[p] or "", 0.0) >= classifier.card.threshold]
+    more = neighbour_positions(flagged, stride, len(files), set(first))
+    if more:
+        scored.merge(_score_paths(classifier, [files[order[p]] for p in more]))
+    rank = {uid: p for p, uid in enumerate(uid_at) if uid is not None}
+    scored.evaluated.sort(key=lambda r: (rank.get(r.sop_instance_uid, len(rank)), r.frame_number or 0))
+    done = set(first) | set(more)
+    scored.failures += [ImageResult(uid, None, None, f"skipped by slice stride {stride}")
+                        for p, uid in enumerate(uid_at) if uid is not None and p not in done]
+    readable = {order[p] for p, uid in enumerate(uid_at) if uid is not None}
+    scored.headers = [ds for n, ds in enumerate(headers) if n in readable and ds is not None]  # all are cited
+    return scored
+
+
+def _sop_instance_uid(ds: Dataset | None) -> str | None:
+    try:
+        return str(ds.SOPInstanceUID) if ds is not None else None
+    except Exception:  # a malformed header: the slice is scored with the first ones and reported from there
+        return None
+
+
+def _read_header(path: Path) -> Dataset | None:
+    try:
+        return dcmread(path, stop_before_pixels=True)
+    except Exception:  # scored (and reported as unreadable) with the first slices
+        return None
+
+
+def _series_result(classifier: Classifier, scored: _Scored) -> SeriesResult:
+    evaluated = scored.evaluated
     scores = [r.score for r in evaluated if r.score is not None]
     score = aggregate(scores, classifier.card.series_aggregation) if scores else None
     verdict = verdict_for(score, classifier.card.threshold)
     focus = None
-    if top is not None:
-        probability, (uid, frame), image, shape = top
+    if scored.top is not None:
+        probability, (uid, frame), image, shape = scored.top
         box = classifier.localise(image, shape) if verdict is Verdict.SUSPECTED else None
         focus = Finding(uid, frame, probability, box)
-    result = SeriesResult(results, score, verdict, classifier.name, classifier.version, classifier.card.threshold,
-                          focus)
-    return result, headers
+    return SeriesResult(scored.failures + evaluated, score, verdict, classifier.name, classifier.version,
+                        classifier.card.threshold, focus)

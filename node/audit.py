@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import insert, or_, select
@@ -45,14 +46,17 @@ def emit(row: AuditEvent, level: int = logging.INFO) -> None:
 class Audit:
     """Writes events; `record` commits on its own, `add` joins a transaction the caller commits."""
 
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, on_event: Callable[[str], None] | None = None):
         self.db = db
+        self.on_event = on_event  # told each event's name (the metrics count them)
 
     def add(self, session: Session | Connection, event: str, **fields: object) -> AuditEvent:
         """Add the event to an open transaction (log it with `emit` once that commits). A Core insert:
         this runs for every instance received."""
         columns = _columns(event, fields)
         session.execute(_INSERT, columns)
+        if self.on_event is not None:
+            self.on_event(event)
         return AuditEvent(**columns)
 
     def record(self, event: str, level: int = logging.INFO, **fields: object) -> None:
@@ -64,6 +68,8 @@ class Audit:
                 connection.execute(_INSERT, columns)
         except SQLAlchemyError as exc:
             log.error("audit event %s not written to the database (%s)", event, exc.__class__.__name__)
+        if self.on_event is not None:
+            self.on_event(event)
         emit(AuditEvent(**columns), level)
 
 

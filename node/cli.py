@@ -39,6 +39,40 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_password(from_stdin: bool) -> str:
+    """The new password: one line of standard input, or typed twice at a prompt."""
+    import getpass
+
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("password (10 characters or more): ")
+    if getpass.getpass("again: ") != first:
+        raise ValueError("the two passwords differ")
+    return first
+
+
+def _cmd_user(args: argparse.Namespace) -> int:
+    from node.config import load_config
+    from node.db import Database
+    from node.tables import format_table
+    from node.users import add_user, list_users, remove_user
+
+    config = load_config(args.config)
+    db = Database(config.storage.database_path)
+    try:
+        if args.action == "add":
+            account = add_user(db, args.name, _read_password(args.password_stdin), args.role, replace=args.replace)
+            print(f"user {account.name} ({account.role}) saved")
+        elif args.action == "remove":
+            remove_user(db, args.name)
+            print(f"user {args.name} removed")
+        else:
+            print(format_table(["user", "role"], [[a.name, a.role] for a in list_users(db)]))
+    finally:
+        db.close()
+    return 0
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from node.config import load_config
     from node.service import check_models
@@ -185,6 +219,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=100, help="the latest N events (default 100)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_cmd_audit)
+
+    p = sub.add_parser("user", help="console users: add (or --replace a password), list, remove")
+    users = p.add_subparsers(dest="action", required=True)
+    q = users.add_parser("add", help="add a user; the password is asked for twice, or read from stdin")
+    _config_arg(q)
+    q.add_argument("name")
+    q.add_argument("--role", choices=["viewer", "admin"], default="viewer")
+    q.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
+    q.add_argument("--replace", action="store_true", help="set a new password and role for an existing user")
+    q = users.add_parser("list", help="list users and their roles")
+    _config_arg(q)
+    q = users.add_parser("remove", help="remove a user")
+    _config_arg(q)
+    q.add_argument("name")
+    p.set_defaults(func=_cmd_user)
 
     p = sub.add_parser("predict", help="score DICOM or PNG files offline and print a table")
     _config_arg(p)

@@ -164,6 +164,8 @@ class Route(_Strict):
     model: str
     series_stable_seconds: float = Field(5.0, ge=0)
     destinations: list[str] = Field(default_factory=list)
+    # CT: score every n-th slice and the neighbours of suspicious ones (1: every slice)
+    slice_stride: int = Field(1, ge=1, le=16)
 
 
 class SendingSettings(_Strict):
@@ -190,6 +192,16 @@ class LoggingSettings(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class ConsoleSettings(_Strict):
+    """The web console that `dfnode serve` serves: studies, queue, peers, an upload check, /metrics."""
+
+    enabled: bool = True
+    bind_address: str = Field("127.0.0.1", description="loopback by default; a reverse proxy adds TLS")
+    port: int = Field(8080, ge=0, le=65535)
+    max_upload_megabytes: float = Field(64.0, gt=0)
+    session_hours: float = Field(12.0, gt=0)
+
+
 class InferenceSettings(_Strict):
     """How the models run."""
 
@@ -214,6 +226,7 @@ class Config(_Strict):
     reports: ReportSettings = Field(default_factory=ReportSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     def peer(self, name: str) -> Peer:
         """The peer called `name` (validated to exist for every route destination)."""

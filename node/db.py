@@ -1,4 +1,5 @@
-"""The node's database (SQLite through SQLAlchemy): series, instances, reports, deliveries, audit.
+"""The node's database (SQLite through SQLAlchemy): series, instances, reports, deliveries, audit,
+console users.
 
 A series needs evaluation while `received_version > evaluated_version`; both are committed in the
 same transactions as the work they describe, so a crash at any point leaves a state that the next
@@ -105,6 +106,18 @@ class AuditEvent(Base):
     series_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
     sop_instance_uid: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class User(Base):
+    """A console user: name, role (viewer or admin) and a salted scrypt hash of the password."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
 
 
 class Database:

@@ -4,7 +4,8 @@
     ├── ConfigError          config.yaml is invalid (carries every problem with its key path)
     ├── ModelLoadError       a model card or its weights are missing, corrupt or mismatched
     ├── NotEvaluable         an image the model cannot use (colour, scout, no pixel data ...)
-    └── SpoolError           an instance could not be written to the spool
+    ├── SpoolError           an instance could not be written to the spool
+    └── UserError            a console user cannot be added, changed, removed or made by setup token
 """
 
 from __future__ import annotations
@@ -34,3 +35,7 @@ class NotEvaluable(DfnodeError):
 
 class SpoolError(DfnodeError):
     """Writing a received instance to the spool failed (disk full, read-only, I/O error)."""
+
+
+class UserError(DfnodeError):
+    """A console user cannot be added, changed or removed; the message says why."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,13 +42,15 @@ class Evaluator:
     """Finds due series and evaluates them with the route's model."""
 
     def __init__(self, config: Config, db: Database, audit: Audit, classifiers: dict[str, Classifier],
-                 device_uid: str):
+                 device_uid: str, observe_seconds: Callable[[str, float], None] | None = None):
         self.config = config
+        self.observe_seconds = observe_seconds  # told (model, seconds) per evaluated series: the metrics
         self.db = db
         self.audit = audit
         self.classifiers = classifiers
         self.device_uid = device_uid
         self.next_due_at: float | None = None  # when the earliest series not yet due becomes due
+        self.evaluating: int | None = None  # the series id being evaluated now (the console shows it)
 
     def due_series(self, now: float) -> list[int]:
         """Series whose stable time has passed; notes when the next one will be due."""
@@ -77,12 +80,15 @@ class Evaluator:
         """Evaluate every due series; returns how many were evaluated."""
         done = 0
         for series_id in self.due_series(time.time()):
+            self.evaluating = series_id
             try:
                 if self.evaluate(series_id) is not None:
                     done += 1
             except Exception as exc:  # one bad series must not stop the others
                 log.exception("evaluation of series id %d failed", series_id)
                 self._record_failure(series_id, f"{exc.__class__.__name__}: {exc}")
+            finally:
+                self.evaluating = None
         return done
 
     def _record_failure(self, series_id: int, error: str) -> None:
@@ -116,7 +122,7 @@ class Evaluator:
         self.audit.record("series.evaluating", study_uid=series.study_uid, series_uid=series.series_uid,
                           detail=f"version {version}: {len(files)} file(s), model {route.model}")
         started = time.monotonic()
-        result, headers = score_files(classifier, list(files.values()))
+        result, headers = score_files(classifier, list(files.values()), route.slice_stride)
         if not citable(headers):  # nothing to hang a report on: recorded, not raised
             reasons = sorted({r.reason or "" for r in result.images})[:3]
             self._record_failure(series_id, "not evaluated: no usable instance: " + "; ".join(reasons))
@@ -134,6 +140,8 @@ class Evaluator:
                    f"to {', '.join(route.destinations) or 'no destination'}")
         event = self._commit(series_id, version, result, sr_uid, report_path, key_path, route.destinations, summary)
         emit(event)
+        if self.observe_seconds is not None:
+            self.observe_seconds(route.model, time.monotonic() - started)
         return Outcome(series.series_uid, result, report_path)
 
     def _write_key_image(self, series_uid: str, version: int, result: SeriesResult, files: dict[str, Path],

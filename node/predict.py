@@ -1,28 +1,31 @@
-"""`dfnode predict`: score DICOM or PNG files offline, routed as the node would route them."""
+"""Scoring single files outside the PACS workflow, routed as the node would route them: `dfnode predict`
+and the console's upload check."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import UnidentifiedImageError
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from inference.model import Classifier, load_classifier
 from inference.preprocess import png_in_modality_units, prepare_dataset, prepare_values
-from inference.scoring import verdict_for
+from inference.scoring import Verdict, verdict_for
 from node.config import Config
 from node.errors import ConfigError, NotEvaluable
 from node.routing import SeriesTags, route_for
 from node.tables import format_table
 
 
-class _Models:
-    """Loads each model once, on first use."""
+class Models:
+    """The configured models, each loaded once on first use (or given, already loaded)."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, loaded: dict[str, Classifier] | None = None):
         self.config = config
-        self.loaded: dict[str, Classifier] = {}
+        self.loaded: dict[str, Classifier] = dict(loaded or {})
 
     def get(self, name: str) -> Classifier:
         if name not in self.config.models:
@@ -33,36 +36,80 @@ class _Models:
         return self.loaded[name]
 
 
-def _rows_for(path: Path, models: _Models, model: str | None) -> list[list[str]]:
+@dataclass(frozen=True)
+class CheckedImage:
+    """One image (or frame) of a checked file: its score and what the model saw."""
+
+    frame: int | None
+    score: float
+    pixels: np.ndarray  # the prepared model input
+    source_shape: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """A file scored outside the PACS workflow; `problem` says why it was not."""
+
+    name: str
+    classifier: Classifier | None
+    images: list[CheckedImage]
+    problem: str | None = None
+
+    @property
+    def most_suspicious(self) -> CheckedImage | None:
+        return max(self.images, key=lambda i: i.score) if self.images else None
+
+    @property
+    def verdict(self) -> Verdict:
+        top = self.most_suspicious
+        if top is None or self.classifier is None:
+            return Verdict.NOT_EVALUATED
+        return verdict_for(top.score, self.classifier.card.threshold)
+
+
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def check_file(path: Path, models: Models, model: str | None = None) -> FileCheck:
+    """Score a DICOM, PNG or JPEG file with `model`, or for DICOM with the model its route names."""
     try:
-        if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        if path.suffix.lower() in PICTURE_SUFFIXES:
             if model is None:
-                return [[path.name, "-", "-", "-", "-", "not evaluated: --model is needed for PNG/JPEG"]]
+                return FileCheck(path.name, None, [], "a model must be chosen for PNG/JPEG")
             classifier = models.get(model)
             prep = classifier.card.preprocessing_spec()
             values = png_in_modality_units(path, prep.kind)
-            images: list[tuple[int | None, np.ndarray]] = [(None, prepare_values(values, prep))]
+            prepared: list[tuple[int | None, np.ndarray, tuple[int, ...]]] = [
+                (None, prepare_values(values, prep), values.shape)]
         else:
             ds = dcmread(path)
             name = model
             if name is None:
                 route = route_for(models.config.routes, SeriesTags.from_dataset(ds, ""))
                 if route is None:
-                    return [[path.name, "-", "-", "-", "-", "not evaluated: no route matches"]]
+                    return FileCheck(path.name, None, [], "no route matches")
                 name = route.model
             classifier = models.get(name)
-            images = [(f.frame_number, f.pixels) for f in prepare_dataset(ds, classifier.card.preprocessing_spec())]
+            prepared = [(f.frame_number, f.pixels, f.source_shape)
+                        for f in prepare_dataset(ds, classifier.card.preprocessing_spec())]
     except NotEvaluable as exc:
-        return [[path.name, model or "-", "-", "-", "-", f"not evaluated: {exc}"]]
-    except (InvalidDicomError, OSError) as exc:
-        return [[path.name, model or "-", "-", "-", "-", f"not evaluated: cannot read ({exc})"]]
-    scores = classifier.scores([p for _, p in images])
-    return [[path.name, classifier.name, str(frame or ""), f"{score * 100:.1f}%",
-             f"{classifier.card.threshold * 100:.1f}%", verdict_for(float(score), classifier.card.threshold).value]
-            for (frame, _), score in zip(images, scores, strict=True)]
+        return FileCheck(path.name, None, [], str(exc))
+    except (InvalidDicomError, OSError, UnidentifiedImageError) as exc:
+        return FileCheck(path.name, None, [], f"cannot read ({exc})")
+    scores = classifier.scores([p for _, p, _ in prepared])
+    return FileCheck(path.name, classifier, [CheckedImage(frame, float(score), pixels, (int(shape[0]), int(shape[1])))
+                                             for (frame, pixels, shape), score in zip(prepared, scores, strict=True)])
+
+
+def _rows_for(check: FileCheck, model: str | None) -> list[list[str]]:
+    if check.classifier is None:
+        return [[check.name, model or "-", "-", "-", "-", f"not evaluated: {check.problem}"]]
+    threshold = check.classifier.card.threshold
+    return [[check.name, check.classifier.name, str(image.frame or ""), f"{image.score * 100:.1f}%",
+             f"{threshold * 100:.1f}%", verdict_for(image.score, threshold).value] for image in check.images]
 
 
 def predict_files(config: Config, paths: list[Path], model: str | None = None) -> str:
-    models = _Models(config)
-    rows = [row for path in paths for row in _rows_for(path, models, model)]
+    models = Models(config)
+    rows = [row for path in paths for row in _rows_for(check_file(path, models, model), model)]
     return format_table(["file", "model", "frame", "score", "threshold", "verdict"], rows)

@@ -20,12 +20,17 @@ from node.audit import Audit
 from node.config import Config
 from node.db import Database
 from node.delivery import Deliverer
-from node.errors import ModelLoadError
+from node.errors import ConfigError, ModelLoadError
 from node.evaluation import Evaluator
 from node.ingest import Ingest
+from node.metrics import Metrics
+from node.predict import Models
 from node.priority import EVALUATION_NICENESS, at_lower_priority, lower_this_thread
 from node.retention import Retention
 from node.spool_budget import SpoolBudget
+from node.users import SetupToken
+from node.web.app import ConsoleContext, build_app
+from node.web.server import ConsoleServer
 from scp.listener import DeferredHandshakeServer
 from scp.spool import remove_partial_files
 from scp.storage_scp import PeerPolicy, TlsListener, start_storage_scp
@@ -118,15 +123,17 @@ class Node:
         self.evaluate_wake = threading.Event()
         self.deliver_wake = threading.Event()
         self.retention_wake = threading.Event()
-        self.audit = Audit(self.db)
+        self.metrics = Metrics(self.db)
+        self.audit = Audit(self.db, on_event=self.metrics.count_event)
         self.budget = SpoolBudget(config.storage, self.db)
         self.ingest = Ingest(config, self.db, self.budget, self.audit, self.evaluate_wake)
         self.retention = Retention(config, self.db, self.budget, self.audit)
         self.evaluator = Evaluator(config, self.db, self.audit, self.classifiers,
-                                   _device_uid(config.storage.data_dir))
+                                   _device_uid(config.storage.data_dir), self.metrics.observe_inference)
         self.deliverer = Deliverer(config, self.db, self.audit, self.tls.client)
         self.servers: list[DeferredHandshakeServer] = []
         self.threads: list[_Loop] = []
+        self.console: ConsoleServer | None = None
 
     def _listening_port(self, tls: bool) -> int:
         server = next(s for s in self.servers if (s.ssl_context is not None) == tls)
@@ -148,12 +155,15 @@ class Node:
             self.deliver_wake.set()
         return done
 
-    def start(self, port: int | None = None, tls_port: int | None = None) -> Node:
-        """Listen (on `port` and `tls_port` when given, 0 for any free port; else as configured) and run."""
+    def start(self, port: int | None = None, tls_port: int | None = None, console_port: int | None = None) -> Node:
+        """Listen (on `port`, `tls_port` and `console_port` when given, 0 for any free port; else as
+        configured) and run."""
         for folder in (self.config.storage.spool_dir, self.config.storage.reports_dir):
             removed = remove_partial_files(folder)
             if removed:
                 log.warning("removed %d partial file(s) in %s left by an interrupted run", removed, folder)
+        if self.config.console.enabled:  # first: a port in use stops the start before anything runs
+            self.console = self._start_console(self.config.console.port if console_port is None else console_port)
         policy = PeerPolicy.from_config(self.config.node, self.config.peers,
                                         self.config.security.require_known_peers)
         plain_port = (self.config.node.port if port is None else port) if self.config.tls.plain_listener else None
@@ -178,9 +188,28 @@ class Node:
                           detail=f"{self.listening()}; models: {self.models()}")
         return self
 
+    def _start_console(self, port: int) -> ConsoleServer:
+        settings = self.config.console
+        setup = SetupToken(self.db)
+        context = ConsoleContext(self.config, self.db, self.audit, self.metrics, Models(self.config, self.classifiers),
+                                 setup, self.deliver_wake.set, lambda: self.evaluator.evaluating)
+        try:
+            console = ConsoleServer(build_app(context), settings.bind_address, port).start()
+        except OSError as exc:
+            raise ConfigError("console", [("console.port", f"cannot listen on {settings.bind_address}:{port}: "
+                                                           f"{exc.strerror or exc} (choose another port, or set "
+                                                           "console.enabled: false)")]) from exc
+        if setup.value is not None:
+            log.warning("no console admin yet: open %ssetup with the one-time setup token %s "
+                        "(or run `dfnode user add NAME --role admin`)", console.address, setup.value)
+        return console
+
     def listening(self) -> str:
-        """Where the node listens, for the log: `port 11112, port 2762 (TLS)`."""
-        return ", ".join(f"port {s.server_address[1]}{' (TLS)' if s.ssl_context else ''}" for s in self.servers)
+        """Where the node listens, for the log: `port 11112, port 2762 (TLS), console http://127.0.0.1:8080/`."""
+        where = [f"port {s.server_address[1]}{' (TLS)' if s.ssl_context else ''}" for s in self.servers]
+        if self.console is not None:
+            where.append(f"console {self.console.address}")
+        return ", ".join(where)
 
     def models(self) -> str:
         """The loaded models and their versions, for the log."""
@@ -192,6 +221,9 @@ class Node:
         if self.servers:
             self._drain(self.servers)
             self.servers = []
+        if self.console is not None:
+            self.console.stop()
+            self.console = None
         self.stop_event.set()
         for wake in (self.evaluate_wake, self.deliver_wake, self.retention_wake):
             wake.set()

@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections import Counter
-
-from sqlalchemy import func, select
 
 from node.config import Config
-from node.db import Database, Delivery, Instance, Report, Series
+from node.db import Database
+from node.overview import recent_series, spool_counts
 from node.tables import format_table
-
-
-def _delivery_summary(states: list[str]) -> str:
-    if not states:
-        return "-"
-    counts = Counter(states)
-    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
 
 
 def _age(seconds: float) -> str:
@@ -49,30 +40,10 @@ def status_report(config: Config, limit: int = 20) -> str:
     db = Database(config.storage.database_path)
     now = time.time()
     try:
-        with db.session() as s:
-            series = list(s.scalars(select(Series).order_by(Series.last_received_at.desc()).limit(limit)))
-            total = s.scalar(select(func.count(Series.id))) or 0
-            held_files, held = s.execute(select(func.count(Instance.id), func.coalesce(func.sum(Instance.size), 0))
-                                         .where(Instance.purged_at.is_(None))).one()
-            purged_files = s.scalar(select(func.count(Instance.id)).where(Instance.purged_at.is_not(None))) or 0
-            rows = []
-            for se in series:
-                latest = s.scalars(select(Report).where(Report.series_id == se.id)
-                                   .order_by(Report.version.desc())).first()
-                states = list(s.scalars(select(Delivery.state).where(Delivery.report_id == latest.id))) \
-                    if latest else []
-                if se.route is None:
-                    state = "not routed"
-                elif se.error:
-                    state = "error: " + se.error[:40]
-                elif se.received_version > se.evaluated_version:
-                    state = "waiting"
-                else:
-                    state = "evaluated"
-                rows.append([_age(now - se.last_received_at), se.series_uid[-24:], se.modality or "-",
-                             str(se.instance_count), se.route or "-", state,
-                             "-" if se.score is None else f"{se.score * 100:.1f}%", se.verdict or "-",
-                             _delivery_summary(states)])
+        total, held_files, held, purged_files = spool_counts(db)
+        rows = [[_age(now - se.received_at), se.series_uid[-24:], se.modality or "-", str(se.instances),
+                 se.route or "-", se.state[:47], "-" if se.score is None else f"{se.score * 100:.1f}%",
+                 se.verdict or "-", se.deliveries] for se in recent_series(db, limit)]
     finally:
         db.close()
     header = (f"{_disk_use(config, held, held_files, purged_files)}\n"

@@ -9,12 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, _config
 
 from scp import statuses
 
 log = logging.getLogger(__name__)
+# a file whose transfer syntax the peer accepts goes out as its stored bytes, streamed from disk:
+# re-encoding a 300-group SR through pydicom takes 2 s (see _store)
+_config.STORE_SEND_CHUNKED_DATASET = True
 
 
 @dataclass(frozen=True)
@@ -49,17 +53,19 @@ def send_files(paths: list[Path], calling_ae: str, ae_title: str, host: str, por
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = timeout
     for sop_class in dict.fromkeys(str(ds.SOPClassUID) for ds in datasets):
-        syntaxes = [ds.file_meta.TransferSyntaxUID for ds in datasets if ds.SOPClassUID == sop_class]
-        ae.add_requested_context(sop_class, list(dict.fromkeys([*syntaxes, ExplicitVRLittleEndian,
-                                                                 ImplicitVRLittleEndian])))
+        # one context per stored syntax (so a peer preferring another still takes the file as it is),
+        # and one the dataset can be converted to
+        for syntax in dict.fromkeys(ds.file_meta.TransferSyntaxUID for ds in datasets if ds.SOPClassUID == sop_class):
+            ae.add_requested_context(sop_class, syntax)
+        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     assoc = ae.associate(host, port, ae_title=ae_title, tls_args=(tls, host) if tls else None)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
         return SendOutcome(False, True, None, f"association with {ae_title}@{host}:{port} {why}")
     try:
         outcome = SendOutcome(True, False, 0x0000, "stored")
-        for ds in datasets:
-            outcome = _store(assoc, ds)
+        for path, ds in zip(paths, datasets, strict=True):
+            outcome = _store(assoc, path, ds)
             if not outcome.delivered:
                 break
     finally:
@@ -85,10 +91,13 @@ def _unreachable(host: str, port: int, timeout: float, tls: ssl.SSLContext | Non
     return None
 
 
-def _store(assoc, ds) -> SendOutcome:  # type: ignore[no-untyped-def]
-    """One C-STORE on an open association, classified."""
+def _store(assoc, path: Path, ds: Dataset) -> SendOutcome:  # type: ignore[no-untyped-def]
+    """One C-STORE on an open association, classified. The file is sent as stored when the peer took
+    its transfer syntax, else the dataset is converted to the one it took."""
+    as_stored = any(cx.abstract_syntax == ds.SOPClassUID and cx.transfer_syntax[0] == ds.file_meta.TransferSyntaxUID
+                    for cx in assoc.accepted_contexts)
     try:
-        response = assoc.send_c_store(ds)
+        response = assoc.send_c_store(path if as_stored else ds)
     except Exception as exc:  # pynetdicom raises on protocol errors; treat as transient
         assoc.abort()
         return SendOutcome(False, True, None, f"C-STORE failed: {exc}")

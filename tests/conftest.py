@@ -72,6 +72,7 @@ def node_config_raw(data_dir: Path, model_dir: Path, receiver_port: int = 11113,
         ],
         "sending": {"initial_backoff_seconds": 0.2, "max_backoff_seconds": 1.0, "timeout_seconds": 10,
                     "poll_seconds": 0.1},
+        "console": {"enabled": False},  # tests/test_console.py turns it on, on a free port
     }
     for section, values in overrides.items():
         if isinstance(values, dict):

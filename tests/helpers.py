@@ -136,6 +136,7 @@ class Receiver:
     ae_title: str = "PACS"
     status: int = 0x0000
     delay: float = 0.0  # seconds before each answer: a slow PACS
+    transfer_syntaxes: list[str] = field(default_factory=lambda: list(ALL_TRANSFER_SYNTAXES))
     received: list[Dataset] = field(default_factory=list)
     arrived_at: list[float] = field(default_factory=list)  # time.monotonic() of each, as `received`
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -156,7 +157,7 @@ class Receiver:
         ae = AE(ae_title=self.ae_title)
         ae.maximum_associations = 100  # a PACS takes many; in-process tests also leave finished threads behind
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(str(cx.abstract_syntax), self.transfer_syntaxes)
         ae.add_supported_context(Verification)
         self.server = ae.start_server(("127.0.0.1", port), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])

@@ -51,7 +51,7 @@ def item(group: Dataset, concept: tuple[str, str, str]) -> Dataset:
 
 
 def referenced_images(group: Dataset) -> set[tuple[str, int | None]]:
-    refs = set()
+    refs: set[tuple[str, int | None]] = set()
     for item in group.ContentSequence:
         if item.ValueType == "IMAGE":
             ref = item.ReferencedSOPSequence[0]

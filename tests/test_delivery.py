@@ -6,12 +6,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy import select
 
+from inference.scoring import ImageResult, SeriesResult, Verdict
 from node.config import SendingSettings
 from node.db import Delivery
 from node.delivery import backoff_seconds
 from node.service import Node
+from scp.sender import send_files
+from sr.report import ReportIdentity, build_report, report_uids
 from tests.conftest import node_config
 from tests.helpers import Receiver, copy_with_new_uids, free_port, real_file, send, wait_for
 
@@ -73,3 +78,33 @@ def test_out_of_resources_is_retried(tmp_path: Path, model_dir: Path, classifier
         receiver.status = 0x0000
         wait_for(lambda: receiver.reports(), timeout=60)
         assert wait_for(lambda: [d for d in _deliveries(node) if d.state == "sent"], timeout=10)
+
+
+def test_report_goes_out_as_stored_or_converted_for_a_peer_that_wants_another_syntax(tmp_path: Path) -> None:
+    """The SR file is streamed as it is when the peer takes its transfer syntax (Explicit VR Little
+    Endian), and converted for a peer that takes only Implicit VR Little Endian; either way it is the
+    same report."""
+    report = tmp_path / "sr.dcm"
+    _saved_report(report)
+    stored = pydicom.dcmread(report)
+    for syntaxes, expected in (([ImplicitVRLittleEndian, ExplicitVRLittleEndian], ExplicitVRLittleEndian),
+                               ([ImplicitVRLittleEndian], ImplicitVRLittleEndian)):
+        peer = Receiver(transfer_syntaxes=syntaxes).start()
+        try:
+            outcome = send_files([report], "DFNODE", "PACS", "127.0.0.1", peer.port, timeout=10)
+        finally:
+            peer.stop()
+        assert outcome.delivered, outcome.detail
+        received = peer.received[0]
+        assert received.file_meta.TransferSyntaxUID == expected
+        assert received.SOPInstanceUID == stored.SOPInstanceUID
+        assert received.ContentSequence == stored.ContentSequence
+
+
+def _saved_report(path: Path) -> None:
+    source = pydicom.dcmread(real_file("RG3_UNCR.dcm"), stop_before_pixels=True)
+    result = SeriesResult([ImageResult(str(source.SOPInstanceUID), None, 0.7)], 0.7, Verdict.SUSPECTED, "knee", "v1",
+                          0.5)
+    series, instance = report_uids(str(source.SeriesInstanceUID), 1)
+    sr = build_report([source], result, ReportIdentity("2.25.7", "DFNODE", "dfnode", series, instance, 1))
+    sr.save_as(path, enforce_file_format=True)

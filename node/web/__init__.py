@@ -1,0 +1,1 @@
+"""The web console that `dfnode serve` serves: studies, queue and peers, an upload check, /metrics."""
