@@ -166,8 +166,8 @@ def peers(db: Database, config: Config) -> list[PeerRow]:
         for peer in config.peers:
             success = s.scalar(select(func.max(Delivery.sent_at)).where(Delivery.destination == peer.name))
             failure = s.scalars(select(AuditEvent).where(
-                AuditEvent.event.in_(("delivery.retry", "delivery.failed")),
-                AuditEvent.detail.like(f"% to {peer.name}, attempt %")).order_by(AuditEvent.at.desc())).first()
+                AuditEvent.event.in_(("delivery.retry", "delivery.failed")), AuditEvent.called_ae == peer.ae_title,
+                AuditEvent.address == (peer.dicomweb_url or peer.host)).order_by(AuditEvent.at.desc())).first()
             address = peer.dicomweb_url or f"{peer.ae_title}@{peer.host}:{peer.port}"
             rows.append(PeerRow(peer.name, address, success, failure.at if failure else None,
                                 failure.detail.split(": ", 1)[-1] if failure else ""))

@@ -98,6 +98,13 @@ def authenticate(db: Database, name: str, password: str) -> Account | None:
     return Account(user.name, user.role)  # type: ignore[arg-type]
 
 
+def current_account(db: Database, name: str) -> Account | None:
+    """The user's account as the database has it now (removed users and changed roles count at once)."""
+    with db.session() as s:
+        user = s.scalars(select(User).where(User.name == name)).first()
+    return Account(user.name, user.role) if user is not None else None  # type: ignore[arg-type]
+
+
 def has_admin(db: Database) -> bool:
     with db.session() as s:
         return bool(s.scalar(select(func.count()).select_from(User).where(User.role == "admin")))

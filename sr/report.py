@@ -174,7 +174,8 @@ def _insert_before_last_group(sr: hd.sr.Comprehensive3DSR,
 
     highdicom copies and searches the whole content tree while it builds a document (about 10 ms a
     group; 3 s for a 300-slice CT). The series group cites every image the per-image groups cite,
-    so the document is built without them (same evidence) and they are inserted here."""
+    so the document is built without them (same evidence) and they are inserted here. The dataset is
+    what is saved and sent; highdicom's parsed `content` view of it is not used afterwards."""
     if not groups:
         return
     container = next(item for item in sr.ContentSequence

@@ -19,7 +19,7 @@ from node.audit import AuditQuery, query_events
 from node.config import parse_config
 from node.errors import ConfigError
 from node.service import Node
-from node.users import add_user
+from node.users import add_user, remove_user
 from tests.conftest import node_config_raw
 from tests.console import (
     ADMIN,
@@ -156,7 +156,11 @@ def test_failed_delivery_is_listed_and_an_admin_sends_it_again(tmp_path: Path, c
     wait_for(lambda: f'id="delivery-{delivery}"' not in admin.get("/queue").text, timeout=30)  # sent
     assert receiver.reports()
     peers = admin.get("/queue").text
-    assert "PACS@127.0.0.1" in peers
+    peer_row = re.search(r"<td>pacs</td><td>PACS@127\.0\.0\.1:\d+</td><td>([^<]+)</td><td>([^<]+)</td><td>([^<]+)</td>",
+                         peers)
+    assert peer_row, "no row for the peer"
+    assert peer_row.group(1) != "-" and peer_row.group(2) != "-"  # last success, last failure
+    assert "refused by the peer" in peer_row.group(3)
     retry = query_events(console_node.db, AuditQuery(event="console.retry"))
     assert retry and retry[0].detail.startswith(f"user {ADMIN}")
 
@@ -272,3 +276,12 @@ def test_upload_check_takes_jpeg(console_node: Node) -> None:
                         files={"image": ("slice.jpg", buffer.getvalue(), "image/jpeg")})
     assert page.status_code == 200 and "model <strong>lung</strong>" in page.text
     assert 'id="heatmap"' in page.text
+
+
+def test_a_removed_user_is_signed_out_at_once(console_node: Node) -> None:
+    viewer = sign_in(console_node, VIEWER)
+    assert viewer.get("/queue").status_code == 200
+    add_user(console_node.db, VIEWER, PASSWORD, "admin", replace=True)  # a role change counts at once
+    assert f"{VIEWER} (admin)" in viewer.get("/queue").text
+    remove_user(console_node.db, VIEWER)
+    assert viewer.get("/queue").status_code == 303

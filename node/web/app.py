@@ -35,7 +35,7 @@ from node.db import Database
 from node.errors import UserError
 from node.metrics import Metrics
 from node.predict import PICTURE_SUFFIXES, FileCheck, Models, check_file
-from node.users import Account, SetupToken, authenticate
+from node.users import Account, SetupToken, authenticate, current_account
 from node.web.pictures import heatmap_png, key_image_png
 from sr.reading import content_lines, group_scores
 
@@ -90,13 +90,14 @@ def build_app(ctx: ConsoleContext) -> Starlette:
     templates.env.filters.update(when=_when, percent=_percent, mask=mask_patient_id)
 
     def account(request: Request) -> Account | None:
-        name, role = request.session.get("user"), request.session.get("role")
-        if not name or role not in ("viewer", "admin"):
+        """The signed-in user, checked against the database on every request."""
+        name = request.session.get("user")
+        if not name:
             return None
-        if request.session.get("expires", 0) < time.time():
+        user = current_account(ctx.db, str(name)) if request.session.get("expires", 0) >= time.time() else None
+        if user is None:  # expired, or removed since signing in
             request.session.clear()
-            return None
-        return Account(name, role)
+        return user
 
     def csrf_token(request: Request) -> str:
         if "csrf" not in request.session:
@@ -113,6 +114,7 @@ def build_app(ctx: ConsoleContext) -> Starlette:
     async def checked_form(request: Request) -> Any:
         form = await request.form()
         if not secrets.compare_digest(str(form.get("csrf", "")), csrf_token(request)):
+            await form.close()
             raise PermissionError("the form has expired; reload the page and try again")
         return form
 
@@ -284,7 +286,7 @@ async def _forbidden(request: Request, exc: Exception) -> Response:
 
 def _start_session(request: Request, user: Account, hours: float) -> None:
     request.session.clear()
-    request.session.update(user=user.name, role=user.role, expires=time.time() + hours * 3600,
+    request.session.update(user=user.name, expires=time.time() + hours * 3600,
                            csrf=secrets.token_urlsafe(24))
 
 
