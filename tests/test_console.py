@@ -285,3 +285,14 @@ def test_a_removed_user_is_signed_out_at_once(console_node: Node) -> None:
     assert f"{VIEWER} (admin)" in viewer.get("/queue").text
     remove_user(console_node.db, VIEWER)
     assert viewer.get("/queue").status_code == 303
+
+
+def test_repeated_failed_sign_ins_are_throttled(console_node: Node) -> None:
+    browser = client(console_node)
+    token = csrf(browser.get("/login").text)
+    for _ in range(5):
+        wrong = browser.post("/login", data={"name": ADMIN, "password": "wrong guess!", "csrf": token})
+        assert wrong.status_code == 401
+    blocked = browser.post("/login", data={"name": ADMIN, "password": PASSWORD, "csrf": token})
+    assert blocked.status_code == 429 and "too many failed sign-ins" in blocked.text
+    assert browser.get("/").status_code == 303  # the right password did not get in while throttled

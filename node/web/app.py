@@ -37,6 +37,7 @@ from node.metrics import Metrics
 from node.predict import PICTURE_SUFFIXES, FileCheck, Models, check_file
 from node.users import Account, SetupToken, authenticate, current_account
 from node.web.pictures import heatmap_png, key_image_png
+from node.web.throttle import SignInThrottle
 from sr.reading import content_lines, group_scores
 
 HERE = Path(__file__).parent
@@ -87,6 +88,7 @@ def _percent(score: float | None) -> str:
 
 def build_app(ctx: ConsoleContext) -> Starlette:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
+    throttle = SignInThrottle()
     templates.env.filters.update(when=_when, percent=_percent, mask=mask_patient_id)
 
     def account(request: Request) -> Account | None:
@@ -136,11 +138,19 @@ def build_app(ctx: ConsoleContext) -> Starlette:
             return page(request, "login.html", next=request.query_params.get("next", "/"))
         form = await checked_form(request)
         name, password = str(form.get("name", "")), str(form.get("password", ""))
-        user = await run_in_threadpool(authenticate, ctx.db, name, password)
         target = str(form.get("next", "/"))
+        wait = throttle.wait_seconds(client(request))
+        if wait > 0:
+            ctx.audit.record("console.signin_refused", address=client(request),
+                             detail=f"user {name[:64]!r}: too many failed sign-ins from this address")
+            return page(request, "login.html", status_code=429, next=target,
+                        error=f"too many failed sign-ins from this address; try again in {wait:.0f} s")
+        user = await run_in_threadpool(authenticate, ctx.db, name, password)
         if user is None:
+            throttle.failed(client(request))
             ctx.audit.record("console.signin_refused", address=client(request), detail=f"user {name[:64]!r}")
             return page(request, "login.html", status_code=401, next=target, error="wrong user name or password")
+        throttle.succeeded(client(request))
         _start_session(request, user, ctx.config.console.session_hours)
         ctx.audit.record("console.signin", address=client(request), detail=f"user {user.name} ({user.role})")
         return RedirectResponse(target if target.startswith("/") and not target.startswith("//") else "/",
