@@ -39,7 +39,8 @@ def run(folder: Path, series: int, slices: int) -> None:
     template = ct_series(folder / "template", slices=slices, size=512)
     receiver = Receiver().start()
     port = free_port()
-    raw = node_config_raw(folder / "var", REPO / "weights", receiver.port, node={"port": port})
+    raw = node_config_raw(folder / "var", REPO / "weights", receiver.port, node={"port": port},
+                          console={"enabled": True, "port": free_port()})  # as shipped: the web console on
     config = write_config(raw, folder / "config.yaml")
     first = start_serve(config, port, folder / "serve-first.log")  # exports the models for onnxruntime
     rows = [["first start (exports both models), idle", *(f"{v:.0f}" for v in memory_mib(first.process.pid))]]
