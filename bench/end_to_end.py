@@ -28,11 +28,6 @@ def shipped_stable_seconds() -> dict[str, float]:
     return {r.model: r.series_stable_seconds for r in load_config(REPO / "config.yaml").routes}
 
 
-def seconds_to_report(receiver: Receiver, files: list[Path], port: int) -> float:
-    """Send the files in one association; seconds from the last response to the study's SR arriving."""
-    return report_after(receiver, files, port)[0]
-
-
 def report_after(receiver: Receiver, files: list[Path], port: int, calling: str = "PACS"
                  ) -> tuple[float, pydicom.Dataset]:
     """Send the files in one association; (seconds from the last response to the SR arriving, the SR)."""
@@ -86,8 +81,8 @@ def run(folder: Path, studies: int, slices: int, strides: list[int]) -> None:
     stride_routes(raw, strides)
     serve = start_serve(write_config(raw, folder / "config.yaml"), port, folder / "serve.log")
     try:
-        knee = [seconds_to_report(receiver, [copy_with_new_uids(real_file("RG1_UNCR.dcm"), folder / f"knee{i}",
-                                                                BodyPartExamined="KNEE")], port)
+        knee = [report_after(receiver, [copy_with_new_uids(real_file("RG1_UNCR.dcm"), folder / f"knee{i}",
+                                                           BodyPartExamined="KNEE")], port)[0]
                 for i in range(studies)]
         ct_reports = {n: report_after(receiver, with_new_uids(ct, folder / f"ct-stride{n}"), port, f"STRIDE{n}")
                       for n in strides}
