@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from io import BytesIO
+from pathlib import Path
 
+import highdicom as hd
 import pydicom
 import pytest
 from pydicom import config as pydicom_config
 from pydicom.uid import generate_uid
 
+import sr.image_groups
 from inference.scoring import ImageResult, SeriesResult, Verdict
+from sr.groups import group_values, image_label, measurement_group, source_ref
+from sr.image_groups import ImageGroupWriter
+from sr.item_template import encode_items
 from sr.report import ReportIdentity, build_report, report_uids
-from tests.helpers import real_file
+from tests.helpers import ct_series, real_file
+from tests.sr_contract import image_groups, item, referenced_images
 
 
 @pytest.fixture
@@ -73,3 +81,68 @@ def test_report_needs_a_source() -> None:
     result = SeriesResult([], None, Verdict.NOT_EVALUATED, "knee", "0" * 12, 0.5)
     with pytest.raises(ValueError, match="SourceImageSequence"):
         build_report([], result, _identity("1.2.3", 1))
+
+
+def _images_of_both_shapes(tmp_path: Path) -> list[tuple[ImageResult, pydicom.Dataset]]:
+    """CT slices (whole images) and both frames of an Enhanced CT, with scores either side of 0.5."""
+    slices = [pydicom.dcmread(p, stop_before_pixels=True) for p in ct_series(tmp_path, slices=6, size=32)]
+    enhanced = pydicom.dcmread(real_file("eCT_Supplemental.dcm"), stop_before_pixels=True)
+    scores = [0.0, 0.4999, 0.5, 0.123456, 0.98765, 1.0]
+    pairs: list[tuple[ImageResult, pydicom.Dataset]] = [
+        (ImageResult(str(ds.SOPInstanceUID), None, s), ds) for ds, s in zip(slices, scores, strict=True)]
+    return pairs + [(ImageResult(str(enhanced.SOPInstanceUID), f, s), enhanced) for f, s in ((1, 0.7), (2, 0.01))]
+
+
+def _usual_encoding(report_uid: str, n: int, result: ImageResult, image: pydicom.Dataset,
+                    algorithm: hd.sr.AlgorithmIdentification) -> bytes:
+    values = group_values(f"{report_uid}-{n}", image_label(n, result.frame_number), result.score or 0.0, 0.5)
+    return encode_items(list(measurement_group(values, algorithm, [source_ref(image, result.frame_number)])),
+                        ["iso8859"])
+
+
+def test_per_image_parts_are_the_bytes_highdicom_and_pydicom_make(tmp_path: Path, caplog) -> None:
+    algorithm = hd.sr.AlgorithmIdentification(name="lung", version="0123456789ab")
+    writer = ImageGroupWriter("2.25.9", 0.5, algorithm, ["iso8859"])
+    with caplog.at_level(logging.WARNING):
+        for n, (result, image) in enumerate(_images_of_both_shapes(tmp_path), start=1):
+            assert writer.group(n, result, image) == _usual_encoding("2.25.9", n, result, image, algorithm), n
+            assert writer.source(result, image) == encode_items([source_ref(image, result.frame_number)],
+                                                                ["iso8859"])
+    assert not caplog.records  # both kinds and both shapes came from their templates
+
+
+def test_a_template_that_differs_is_not_used(tmp_path: Path, caplog, monkeypatch) -> None:
+    """If highdicom ever lays these items out otherwise, the report is still right: built the usual way."""
+    group_holes, source_holes = ImageGroupWriter._group_holes, sr.image_groups._source_holes
+    monkeypatch.setattr(ImageGroupWriter, "_group_holes", lambda self, g: {**group_holes(self, g), "label": "other"})
+    monkeypatch.setattr(sr.image_groups, "_source_holes", lambda image: {**source_holes(image), "sop_class": "1.2"})
+    algorithm = hd.sr.AlgorithmIdentification(name="lung", version="0123456789ab")
+    writer = ImageGroupWriter("2.25.9", 0.5, algorithm, ["iso8859"])
+    with caplog.at_level(logging.WARNING):
+        for n, (result, image) in enumerate(_images_of_both_shapes(tmp_path), start=1):
+            assert writer.group(n, result, image) == _usual_encoding("2.25.9", n, result, image, algorithm)
+            assert writer.source(result, image) == encode_items([source_ref(image, result.frame_number)],
+                                                                ["iso8859"])
+    assert sum("differ from highdicom" in r.getMessage() for r in caplog.records) == 4  # per kind and shape
+
+
+def test_a_long_series_report_reads_back_and_rewrites_unchanged(tmp_path: Path, strict_reading) -> None:
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in ct_series(tmp_path, slices=40, size=32)]
+    scores = [i / 40 for i in range(40)]
+    result = SeriesResult([ImageResult(str(ds.SOPInstanceUID), None, s) for ds, s in zip(headers, scores, strict=True)],
+                          max(scores), Verdict.SUSPECTED, "lung", "0123456789ab", 0.5)
+    built = build_report(headers, result, _identity(str(headers[0].SeriesInstanceUID), 1))
+    first = BytesIO()
+    built.save_as(first, enforce_file_format=True)
+    read = pydicom.dcmread(BytesIO(first.getvalue()))
+    groups = image_groups(read)
+    assert len(groups) == 41  # one per slice, then the series
+    for group, ds, score in zip(groups, headers, scores, strict=False):
+        assert referenced_images(group) == {(str(ds.SOPInstanceUID), None)}
+        assert float(item(group, ("DFN001", "99DFNODE", "Manipulation score")).MeasuredValueSequence[0]
+                     .NumericValue) == pytest.approx(score * 100)
+        verdict = item(group, ("DFN002", "99DFNODE", "Manipulation suspected")).ConceptCodeSequence[0].CodeValue
+        assert verdict == ("373066001" if score >= 0.5 else "373067005")
+    again = BytesIO()
+    read.save_as(again, enforce_file_format=True)
+    assert again.getvalue() == first.getvalue()  # what was written is pydicom's own encoding of it
