@@ -111,3 +111,16 @@ def test_resize_keeps_the_aspect_ratio() -> None:
     columns = np.nonzero(out.sum(axis=0))[0]
     assert out.shape == (64, 64)
     assert len(columns) == 32 and out[:, columns].min() > 0.99
+
+
+@pytest.mark.parametrize(("slope", "intercept", "refused"), [(1e36, 0, True), ("1e39", 0, True), (1, "-1e39", True),
+                                                             (1e20, 0, False), (1, -1024, False)])
+def test_rescale_that_overflows_is_refused(slope, intercept, refused: bool) -> None:
+    """Integer pixels through a finite rescale skip the pixel-by-pixel check; anything else gets it."""
+    ds = pydicom.dcmread(real_file("CT_small.dcm"))
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if refused:
+        with pytest.raises(NotEvaluable, match="not finite"):
+            frames_in_modality_units(ds)
+    else:
+        assert np.isfinite(frames_in_modality_units(ds)[0]).all()
