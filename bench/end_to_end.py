@@ -1,9 +1,11 @@
 """End to end: from the last C-STORE of a study to its SR arriving at the PACS, through `dfnode serve`
-with the shipped models and the shipped stable times. 20 knee radiographs one by one, then one
-300-slice CT series, whose time is compared with slices / the path's measured throughput, once per
-slice stride (1 = every slice; n = every n-th slice and the neighbours of suspicious ones).
+with the shipped models and the shipped stable times. 20 knee radiographs one by one, then a
+300-slice CT series per slice stride (1 = every slice; n = every n-th slice and the neighbours of
+suspicious ones), in rounds. Each CT time is compared with slices / the path's throughput measured
+in this process just before it (the node idle), so that both see the same machine; the table gives
+the medians over the rounds.
 
-    .venv/bin/python -m bench.end_to_end [--studies 20] [--slices 300] [--strides 1,2,4]
+    .venv/bin/python -m bench.end_to_end [--studies 20] [--slices 300] [--strides 1,2,4] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from pathlib import Path
 
 import pydicom
 
-from bench.common import REPO, in_temp_folder, percentile, print_table, with_new_uids
-from inference.model import load_classifier
+from bench.common import REPO, in_temp_folder, median, percentile, print_table, with_new_uids
+from inference.model import Classifier, load_classifier
 from inference.scoring import score_files
 from node.config import load_config
 from tests.conftest import node_config_raw
@@ -49,9 +51,17 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=20)
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--strides", default="1,2,4", help="slice strides to time the CT series with")
+    parser.add_argument("--rounds", type=int, default=3, help="CT series sent per stride")
     args = parser.parse_args()
     strides = [int(s) for s in args.strides.split(",")]
-    in_temp_folder("end-to-end", lambda folder: run(folder, args.studies, args.slices, strides))
+    in_temp_folder("end-to-end", lambda folder: run(folder, args.studies, args.slices, strides, args.rounds))
+
+
+def seconds_scoring(classifier: Classifier, files: list[Path]) -> float:
+    """Seconds the path takes to score the series on its own, in this process."""
+    started = time.perf_counter()
+    score_files(classifier, files)
+    return time.perf_counter() - started
 
 
 def stride_routes(raw: dict, strides: list[int]) -> None:
@@ -63,15 +73,11 @@ def stride_routes(raw: dict, strides: list[int]) -> None:
                       "match": {**lung["match"], "calling_ae_titles": [f"STRIDE{n}"]}} for n in strides] + raw["routes"]
 
 
-def run(folder: Path, studies: int, slices: int, strides: list[int]) -> None:
+def run(folder: Path, studies: int, slices: int, strides: list[int], rounds: int) -> None:
     stable = shipped_stable_seconds()
     ct = ct_series(folder / "ct", slices=slices, size=512)
     lung = load_classifier(REPO / "weights" / "lung.json", backend="onnxruntime", cache_dir=folder / "cache")
     score_files(lung, ct[:16])  # warm-up
-    started = time.perf_counter()
-    score_files(lung, ct)
-    throughput = slices / (time.perf_counter() - started)
-    del lung
 
     receiver = Receiver().start()
     port = free_port()
@@ -80,29 +86,37 @@ def run(folder: Path, studies: int, slices: int, strides: list[int]) -> None:
         route["series_stable_seconds"] = stable[route["model"]]
     stride_routes(raw, strides)
     serve = start_serve(write_config(raw, folder / "config.yaml"), port, folder / "serve.log")
+    ct_runs: dict[int, list[tuple[float, float, int]]] = {n: [] for n in strides}  # (beyond, expected, scored)
     try:
         knee = [report_after(receiver, [copy_with_new_uids(real_file("RG1_UNCR.dcm"), folder / f"knee{i}",
                                                            BodyPartExamined="KNEE")], port)[0]
                 for i in range(studies)]
-        ct_reports = {n: report_after(receiver, with_new_uids(ct, folder / f"ct-stride{n}"), port, f"STRIDE{n}")
-                      for n in strides}
+        for r in range(rounds):
+            for n in strides:
+                expected = seconds_scoring(lung, ct)
+                seconds, sr = report_after(receiver, with_new_uids(ct, folder / f"ct-{r}-{n}"), port, f"STRIDE{n}")
+                ct_runs[n].append((seconds - stable["lung"], expected, len(image_groups(sr)) - 1))
     finally:
         serve.terminate()
         receiver.stop()
     beyond = [s - stable["knee"] for s in knee]
-    expected = slices / throughput
     rows = [[f"{studies} knee radiographs (1,955 x 1,841)", f"{stable['knee']:g} s",
              f"{percentile(beyond, 50):.2f} s", f"{percentile(beyond, 95):.2f} s", "p95 < 1 s",
              "yes" if percentile(beyond, 95) < 1 else "no"]]
     for n in strides:
-        seconds, sr = ct_reports[n]
-        ct_beyond = seconds - stable["lung"]
-        scored = len(image_groups(sr)) - 1  # the per-image groups, then the series group
+        ratio = median([b / e for b, e, _ in ct_runs[n]])
+        expected = median([e for _, e, _ in ct_runs[n]])
+        scored = ct_runs[n][0][2]  # per-image groups; the series group is not counted
         rows.append([f"CT, {slices} slices of 512 x 512, stride {n} ({scored} scored)", f"{stable['lung']:g} s",
-                     f"{ct_beyond:.1f} s", "", f"<= 1.2 x {expected:.1f} s ({throughput:.1f} slices/s measured)",
-                     f"{ct_beyond / expected:.2f}x: {'yes' if ct_beyond <= 1.2 * expected else 'no'}"])
-    print_table("End to end: last C-STORE to the SR at the PACS (dfnode serve, shipped models and stable times)",
+                     f"{median([b for b, _, _ in ct_runs[n]]):.1f} s", "",
+                     f"<= 1.2 x {expected:.1f} s ({slices / expected:.1f} slices/s measured)",
+                     f"{ratio:.2f}x: {'yes' if ratio <= 1.2 else 'no'}"])
+    print_table(f"End to end: last C-STORE to the SR at the PACS (dfnode serve, shipped models and stable times; "
+                f"CT: median of {rounds} rounds)",
                 ["study", "stable time", "p50 beyond it", "p95 beyond it", "target", "met"], rows)
+    for n in strides:
+        print(f"stride {n}, each round (beyond the stable time / scoring alone): "
+              + ", ".join(f"{b:.1f} s / {e:.1f} s" for b, e, _ in ct_runs[n]))
 
 
 if __name__ == "__main__":

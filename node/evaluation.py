@@ -25,7 +25,7 @@ from node.config import Config
 from node.db import AuditEvent, Database, Delivery, Instance, Report, Series
 from scp.spool import write_atomically
 from sr.key_image import build_key_image
-from sr.report import ReportIdentity, build_report, citable, report_uids
+from sr.report import NothingToCite, ReportIdentity, build_report, report_uids
 from sr.uids import ObjectIdentity
 
 log = logging.getLogger(__name__)
@@ -123,14 +123,14 @@ class Evaluator:
                           detail=f"version {version}: {len(files)} file(s), model {route.model}")
         started = time.monotonic()
         result, headers = score_files(classifier, list(files.values()), route.slice_stride)
-        if not citable(headers):  # nothing to hang a report on: recorded, not raised
+        sr_series_uid, sr_uid = report_uids(series.series_uid, version)
+        identity = ReportIdentity(self.device_uid, self.config.node.ae_title, "dfnode", sr_series_uid, sr_uid, version)
+        try:
+            sr = build_report(headers, result, identity, _read_previous(previous))
+        except NothingToCite:  # nothing to hang a report on: recorded, not raised
             reasons = sorted({r.reason or "" for r in result.images})[:3]
             self._record_failure(series_id, "not evaluated: no usable instance: " + "; ".join(reasons))
             return None
-        sr_series_uid, sr_uid = report_uids(series.series_uid, version)
-        identity = ReportIdentity(self.device_uid, self.config.node.ae_title, "dfnode", sr_series_uid, sr_uid, version)
-        previous_ds = _read_previous(previous)
-        sr = build_report(headers, result, identity, previous_ds)
         report_path = self.config.storage.reports_dir / f"{sr_uid}.dcm"
         write_atomically(report_path, lambda f: sr.save_as(f, enforce_file_format=True))
         key_path = self._write_key_image(series.series_uid, version, result, files, classifier)

@@ -39,6 +39,10 @@ _PROCEDURES = {
 }
 
 
+class NothingToCite(ValueError):
+    """No instance of the series can be referenced by a report (none has the attributes an SR cites)."""
+
+
 @dataclass(frozen=True)
 class ReportIdentity:
     """Who writes the report and under which UIDs (deterministic, so a resend is a duplicate)."""
@@ -89,7 +93,7 @@ def build_report(sources: Sequence[Dataset], result: SeriesResult, identity: Rep
     that cannot be cited (see `citable`) are left out."""
     sources = citable(sources)
     if not sources:
-        raise ValueError("SourceImageSequence: a report needs at least one source instance")
+        raise NothingToCite("SourceImageSequence: a report needs at least one source instance")
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
     algorithm = hd.sr.AlgorithmIdentification(name=result.model_name, version=result.model_version)
     evaluated = [r for r in result.evaluated if r.sop_instance_uid in by_uid]
@@ -181,7 +185,7 @@ def _not_evaluated_groups(result: SeriesResult, by_uid: dict[str, Dataset], iden
                 uid=generate_uid(entropy_srcs=[identity.sop_instance_uid, str(n)]), identifier=label),
             source_images=[source_ref(by_uid[r.sop_instance_uid], r.frame_number)]))
     if not groups:
-        raise ValueError("ContentSequence: no image of the series can be referenced")
+        raise NothingToCite("ContentSequence: no image of the series can be referenced")
     return groups
 
 

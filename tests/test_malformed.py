@@ -8,7 +8,9 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import generate_uid
 from pynetdicom import AE
+from sqlalchemy import select
 
+from node.db import Series
 from node.service import Node
 from tests.helpers import Receiver, copy_with_new_uids, real_file, send, wait_for
 
@@ -51,3 +53,20 @@ def test_truncated_pixel_data_is_stored_and_reported_not_evaluated(running_node:
     sr = wait_for(lambda: receiver.reports(), timeout=60)[0]
     assert sr.SeriesDescription == "DEEPFAKE SCREEN: NOT EVALUATED"
     assert "cannot be decoded" in sr.CompletionFlagDescription
+
+
+def test_series_with_nothing_an_sr_can_cite_is_recorded_not_reported(running_node: Node, receiver: Receiver) -> None:
+    """Stored and acknowledged, but no report can reference it: the series records why, and no SR goes out."""
+    ds = pydicom.dcmread(real_file("CT_small.dcm"))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    for keyword in ("PixelData", "Rows", "Columns", "SamplesPerPixel", "PixelRepresentation"):
+        delattr(ds, keyword)
+    assert _send_dataset(running_node.port, ds, ds.SOPClassUID, str(ds.file_meta.TransferSyntaxUID)) == 0x0000
+
+    def recorded() -> str | None:
+        with running_node.db.session() as s:
+            series = s.scalars(select(Series).where(Series.series_uid == ds.SeriesInstanceUID)).first()
+            return series.error if series is not None else None
+    error = wait_for(recorded, timeout=60)
+    assert error == "not evaluated: no usable instance: no pixel data"
+    assert not receiver.reports()
