@@ -6,7 +6,8 @@ and writing it with pydicom costs about 5 ms a group. An `ItemTemplate` encodes 
 differing values are sentinels, once into fixed bytes and holes; every further item is those bytes
 with the holes filled and the lengths of the items and sequences around them recomputed. The result
 is the Explicit VR Little Endian encoding pydicom writes for the same item (`tests/test_sr.py`
-compares them byte for byte, and `sr.report` checks the first item of every report the same way).
+compares them byte for byte, and `CheckedTemplates` checks the first item of each shape in every
+report the same way before it uses a template).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Sentinel:
     value: Any
 
 
-def new_buffer() -> DicomBytesIO:
+def _new_buffer() -> DicomBytesIO:
     """A buffer that pydicom writes in Explicit VR Little Endian."""
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
@@ -67,7 +68,7 @@ def new_buffer() -> DicomBytesIO:
 
 def encode_items(items: Sequence[Dataset], encodings: list[str]) -> bytes:
     """Sequence items as pydicom writes them (item tag, length, dataset)."""
-    buffer = new_buffer()
+    buffer = _new_buffer()
     for item in items:
         write_sequence_item(buffer, item, encodings)
     return bytes(buffer.getvalue())
@@ -131,7 +132,7 @@ class ItemTemplate:
         return None
 
     def _leaf(self, elem: DataElement) -> bytes:
-        buffer = new_buffer()
+        buffer = _new_buffer()
         write_data_element(buffer, elem, self._encodings)
         return bytes(buffer.getvalue())
 
