@@ -106,34 +106,30 @@ def frames_in_modality_units(ds: Dataset) -> list[np.ndarray]:
     for index in range(pixels.shape[0]):
         frame_rescale = _frame_rescale(ds, index) if frames > 1 else None
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught just below, with the reason
-            values = _modality_values(pixels[index], ds, frame_rescale)
-        if not _surely_finite(pixels, frame_rescale or _linear_rescale(ds)) and not np.isfinite(values).all():
+            values, rescale = _modality_values(pixels[index], ds, frame_rescale)
+        if not _surely_finite(pixels, rescale) and not np.isfinite(values).all():
             raise NotEvaluable("pixel values are not finite after the Modality LUT (bad rescale attributes)")
         out.append(values)
     return out
 
 
-def _modality_values(frame: np.ndarray, ds: Dataset, frame_rescale: tuple[float, float] | None) -> np.ndarray:
-    """One frame through the Modality LUT (the frame's own rescale for enhanced images), as float32."""
+def _modality_values(frame: np.ndarray, ds: Dataset, frame_rescale: tuple[float, float] | None
+                     ) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """One frame through the Modality LUT (the frame's own rescale for enhanced images), as float32, and
+    the (slope, intercept) applied when the LUT is linear (None for a LUT sequence or partial attributes)."""
     if frame_rescale is not None:
         slope, intercept = frame_rescale
-        return frame.astype(np.float32) * slope + intercept
-    if "ModalityLUTSequence" not in ds and "RescaleSlope" in ds and "RescaleIntercept" in ds:
-        values = frame.astype(np.float32)  # the linear Modality LUT, in float32 throughout
-        values *= np.float32(float(ds.RescaleSlope))
-        values += np.float32(float(ds.RescaleIntercept))
-        return values
-    return np.asarray(apply_modality_lut(frame, ds), dtype=np.float32)
-
-
-def _linear_rescale(ds: Dataset) -> tuple[float, float] | None:
-    """(slope, intercept) when the Modality LUT is linear or absent, else None (a LUT sequence)."""
-    if "ModalityLUTSequence" in ds:
-        return None
-    try:
-        return float(ds.get("RescaleSlope", 1.0)), float(ds.get("RescaleIntercept", 0.0))
-    except (TypeError, ValueError):  # malformed: the result is checked pixel by pixel instead
-        return None
+        return frame.astype(np.float32) * slope + intercept, frame_rescale
+    if "ModalityLUTSequence" not in ds:
+        if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+            slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+            values = frame.astype(np.float32)  # the linear Modality LUT, in float32 throughout
+            values *= np.float32(slope)
+            values += np.float32(intercept)
+            return values, (slope, intercept)
+        if "RescaleSlope" not in ds and "RescaleIntercept" not in ds:
+            return frame.astype(np.float32), (1.0, 0.0)
+    return np.asarray(apply_modality_lut(frame, ds), dtype=np.float32), None
 
 
 def _surely_finite(pixels: np.ndarray, rescale: tuple[float, float] | None) -> bool:

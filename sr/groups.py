@@ -13,6 +13,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from inference.scoring import ImageResult
+
 SCHEME = "99DFNODE"
 MANIPULATION_SCORE = hd.sr.CodedConcept("DFN001", SCHEME, "Manipulation score")
 MANIPULATION_SUSPECTED = hd.sr.CodedConcept("DFN002", SCHEME, "Manipulation suspected")
@@ -65,3 +67,14 @@ def source_ref(image: Dataset, frame_number: int | None) -> hd.sr.SourceImageFor
 def image_label(n: int, frame_number: int | None) -> str:
     """The tracking identifier of the n-th per-image group."""
     return f"image {n}" + (f" frame {frame_number}" if frame_number else "")
+
+
+def image_values(report_uid: str, n: int, result: ImageResult, threshold: float) -> GroupValues:
+    """The values of a report's n-th (1-based) per-image group."""
+    return group_values(f"{report_uid}-{n}", image_label(n, result.frame_number), result.score or 0.0, threshold)
+
+
+def image_group(values: GroupValues, algorithm: hd.sr.AlgorithmIdentification, image: Dataset,
+                frame_number: int | None) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """A per-image TID 1501 group citing `image` (and its frame)."""
+    return measurement_group(values, algorithm, [source_ref(image, frame_number)])

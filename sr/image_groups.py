@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import DS
 
 from inference.scoring import ImageResult
-from sr.groups import GroupValues, group_values, image_label, measurement_group, source_ref
+from sr.groups import GroupValues, image_group, image_values, measurement_group, source_ref
 from sr.item_template import CheckedTemplates, ItemTemplate, Sentinel, encode_items
 
 _SENTINEL_PERCENT = 12.25
@@ -81,13 +81,11 @@ class ImageGroupWriter:
         return self._sources.encode((result, image))
 
     def _values(self, group: _Group) -> GroupValues:
-        n, result, _ = group
-        return group_values(f"{self._report_uid}-{n}", image_label(n, result.frame_number), result.score or 0.0,
-                            self._threshold)
+        return image_values(self._report_uid, group[0], group[1], self._threshold)
 
     def _usual_group(self, group: _Group) -> bytes:
         _, result, image = group
-        made = measurement_group(self._values(group), self._algorithm, [source_ref(image, result.frame_number)])
+        made = image_group(self._values(group), self._algorithm, image, result.frame_number)
         return encode_items(list(made), self._encodings)
 
     def _group_holes(self, group: _Group) -> dict[str, Any]:

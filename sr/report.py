@@ -25,7 +25,15 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from inference.scoring import Finding, ImageResult, SeriesResult, Verdict
-from sr.groups import IMAGING_MEASUREMENTS, group_values, image_label, measurement_group, score_content, source_ref
+from sr.groups import (
+    IMAGING_MEASUREMENTS,
+    group_values,
+    image_group,
+    image_values,
+    measurement_group,
+    score_content,
+    source_ref,
+)
 from sr.image_groups import ImageGroupWriter
 from sr.item_template import insert_items, mark_encoded
 from sr.names import names_kept_out_of_warnings
@@ -111,9 +119,8 @@ def build_report(sources: Sequence[Dataset], result: SeriesResult, identity: Rep
                               result.threshold)
         groups.append(measurement_group(values, algorithm, refs))
     else:  # no series group cites the images for them: the per-image groups go in with the rest
-        groups += [measurement_group(group_values(f"{identity.sop_instance_uid}-{n}", image_label(n, r.frame_number),
-                                                  r.score or 0.0, result.threshold),
-                                     algorithm, [source_ref(by_uid[r.sop_instance_uid], r.frame_number)])
+        groups += [image_group(image_values(identity.sop_instance_uid, n, r, result.threshold), algorithm,
+                               by_uid[r.sop_instance_uid], r.frame_number)
                    for n, r in enumerate(evaluated, start=1)]
     if not groups:
         groups = list(_not_evaluated_groups(result, by_uid, identity))
