@@ -20,11 +20,12 @@ if TYPE_CHECKING:
     from inference.onnx_runtime import OnnxRunner
 
 
-def build_network(in_chans: int = 1, drop_rate: float = 0.0) -> EfficientNet:
+def build_network(in_chans: int = 1, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> EfficientNet:
     """A timm EfficientNet-B4 with one output (the manipulation logit), randomly initialised; it takes
-    any input size."""
+    any input size. The drop rates regularise training only (dropout before the head, stochastic depth)."""
     network = cast(EfficientNet, timm.create_model("efficientnet_b4", pretrained=False, num_classes=1,
-                                                   in_chans=in_chans, drop_rate=drop_rate))
+                                                   in_chans=in_chans, drop_rate=drop_rate,
+                                                   drop_path_rate=drop_path_rate))
     # a zero head starts every image at logit 0 (p = 0.5): from-scratch training is stable from step one
     classifier = cast(Any, network.get_classifier())
     torch.nn.init.zeros_(classifier.weight)
@@ -46,14 +47,23 @@ def noise_residual(batch: torch.Tensor) -> torch.Tensor:
     return (residual / level).clamp(-5.0, 5.0) / 2.0
 
 
-def to_batch(images: list[np.ndarray], mean: float, std: float, residual: bool = False) -> torch.Tensor:
-    """Stack [0, 1] images into a normalised NCHW float32 tensor in channels_last layout; with
-    `residual`, a second channel holds the noise residual."""
-    batch = torch.from_numpy(np.stack(images).astype(np.float32, copy=False))[:, None]
+def stack_images(images: list[np.ndarray]) -> torch.Tensor:
+    """[0, 1] images as one (N, 1, H, W) float32 tensor."""
+    return torch.from_numpy(np.stack(images).astype(np.float32, copy=False))[:, None]
+
+
+def network_input(batch: torch.Tensor, mean: float, std: float, residual: bool = False) -> torch.Tensor:
+    """Stacked [0, 1] images (N, 1, H, W) to the normalised input, channels_last, on the batch's device;
+    with `residual`, a second channel holds the noise residual."""
     channels = [(batch - mean) / std]
     if residual:
         channels.append(noise_residual(batch))
     return torch.cat(channels, dim=1).contiguous(memory_format=torch.channels_last)
+
+
+def to_batch(images: list[np.ndarray], mean: float, std: float, residual: bool = False) -> torch.Tensor:
+    """Stack [0, 1] images into the network's input (`network_input`) on the CPU."""
+    return network_input(stack_images(images), mean, std, residual)
 
 
 @dataclass
@@ -111,10 +121,20 @@ class Classifier:
         return self.network
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.runner(batch) if self.runner is not None else self.torch_network(batch)
+        if self.runner is not None:
+            return self.runner(batch)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):  # AMP on a GPU
+            return self.torch_network(batch)
 
 
 Backend = Literal["auto", "torch", "onnxruntime"]
+
+
+def torch_device(name: str) -> torch.device:
+    """A device by name; `auto` is CUDA when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def resolve_backend(backend: Backend, device: str) -> Literal["torch", "onnxruntime"]:

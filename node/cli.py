@@ -124,7 +124,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     kind = KIND_FOR_MODEL.get(args.kind, args.kind)
     spec = SynthSpec(kind, args.count, args.size, args.seed, args.real_fraction, tuple(args.family or ()),
                      args.gan_steps, args.gan_sources)
-    manifest = synthesise(spec, args.out, workers=args.workers)
+    from inference.model import torch_device
+
+    manifest = synthesise(spec, args.out, workers=args.workers, device=torch_device(args.device))
     print(f"wrote {2 * args.count} images and {manifest}")
     return 0
 
@@ -139,7 +141,8 @@ def _train_spec(args: argparse.Namespace):
         input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         patience=args.patience, seed=args.seed, max_minutes=args.max_minutes, device=args.device,
         workers=args.workers, exclude_families=tuple(args.exclude or ()), aggregation=args.aggregation,
-        region_weight=args.region_weight,
+        region_weight=args.region_weight, online_pairs=args.online_pairs, dropout=args.dropout,
+        drop_path=args.drop_path,
         resume=not args.no_resume, command="dfnode " + shlex.join(args.argv),
         data_description=args.data_description or "")
 
@@ -159,7 +162,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.leave_out:
         report = leave_one_family_out(_train_spec(args), args.leave_out, args.out)
     else:
-        report = evaluate_model(args.weights, args.data, args.split, args.out)
+        report = evaluate_model(args.weights, args.data, args.split, args.out, workers=args.workers,
+                                device=args.device)
     print(format_report(report))
     return 0
 
@@ -183,6 +187,10 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude", action="append", help="leave a manipulation family out of training")
     p.add_argument("--region-weight", type=float, default=0.0,
                    help="weight of an auxiliary loss on where the manipulation is (needs boxes, as synth writes)")
+    p.add_argument("--online-pairs", type=int, default=0,
+                   help="pairs synthesised afresh every epoch besides the files (phantoms, the data's local families)")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout before the head (training only)")
+    p.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate (training only)")
     p.add_argument("--aggregation", choices=["max", "mean"], default="max", help="series aggregation rule")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
     p.add_argument("--data-description", help="what the data is, for the model card")
@@ -251,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gan-steps", type=int, default=1500, help="training steps of the whole-image synthesis GAN")
     p.add_argument("--gan-sources", type=int, default=512, help="pristine images the synthesis GAN learns from")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="where the synthesis GAN trains: cpu, cuda or auto "
+                                                   "(results are deterministic per device)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_cmd_synth)
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from inference.model import load_classifier
 from inference.training.datasets import Sample, load_samples
-from inference.training.splits import grouped_split
+from inference.training.online import online_pairs
+from inference.training.splits import grouped_split, split_for_card
 from node.cli import main
 from node.service import Node
 from tests.conftest import node_config
@@ -27,8 +29,47 @@ def test_grouped_split_never_puts_a_source_in_two_splits() -> None:
     assert grouped_split(samples, seed=3) == splits
 
 
+def test_grouped_split_spreads_big_groups_over_the_splits() -> None:
+    """Every crop of one real image shares a group: three such big groups among many small ones must not
+    all land in one split (the test split would then hold images unlike any the model was tuned on)."""
+    big = [Sample(Path(f"real{g}-{i}.png"), i % 2, f"real-{g}") for g in range(3) for i in range(150)]
+    small = [Sample(Path(f"p{g}-{i}.png"), i, f"phantom-{g}") for g in range(600) for i in range(2)]
+    for seed in range(5):
+        splits = grouped_split(big + small, seed)
+        real = {name: {s.group for s in part if s.group.startswith("real")} for name, part in splits.items()}
+        assert all(len(groups) == 1 for groups in real.values()), (seed, real)
+        share = {name: len(p) / 1650 for name, p in splits.items()}
+        assert abs(share["train"] - 0.6) < 0.02 and abs(share["test"] - 0.2) < 0.02
+    # cards written before this rule name no rule: their split is reproduced with the earlier one
+    old_card = {"split": "60/20/20 grouped by source, seed 1", "spec": {"seed": 1}}
+    assert split_for_card(big + small, old_card) == grouped_split(big + small, 1, largest_first=False)
+    assert split_for_card(big + small, {"split": "largest groups first", "spec": {"seed": 1}}) == \
+        grouped_split(big + small, 1)
+
+
+def test_online_pairs_are_fresh_each_epoch_and_changed_only_in_their_box() -> None:
+    train = [Sample(Path("a.png"), 0, "g1", "pristine"), Sample(Path("b.png"), 1, "g1", "splice", (1, 1, 9, 9)),
+             Sample(Path("c.png"), 1, "g2", "copy_move", (1, 1, 9, 9)), Sample(Path("d.png"), 1, "g3", "gan")]
+    pairs = online_pairs(train, "ct", 96, seed=2, count=5)
+    assert pairs.spec.family_names() == ["copy_move", "splice"]  # the data's local families; gan stays with files
+    first = pairs.pair(0, 3)
+    again = pairs.pair(0, 3)
+    assert np.array_equal(first[0], again[0]) and np.array_equal(first[1].image, again[1].image)
+    assert not np.array_equal(pairs.pair(1, 3)[0], first[0])  # the next epoch brings new phantoms
+    for epoch, index in ((0, 0), (0, 1), (2, 4)):
+        pristine, tampered, family = pairs.pair(epoch, index)
+        assert family in ("copy_move", "splice") and pristine.shape == (96, 96)
+        assert np.array_equal(pristine, np.round(pristine))  # stored as synth stores them: 16-bit values
+        r0, c0, r1, c1 = tampered.box
+        changed = tampered.image != pristine
+        assert changed[r0:r1, c0:c1].any()
+        changed[r0:r1, c0:c1] = False
+        assert not changed.any()
+    with pytest.raises(ValueError, match="--online-pairs needs"):
+        online_pairs([Sample(Path("x.png"), 1, "g", "unknown")], "xray", 96, 0, 5)
+
+
 def test_folder_and_csv_layouts(tmp_path: Path) -> None:
-    import numpy as np
     from PIL import Image
 
     for label in ("real", "fake"):
@@ -51,18 +92,20 @@ def test_train_then_evaluate_reproduces_the_card(tmp_path: Path, capsys: pytest.
     weights = tmp_path / "weights"
     assert main(["train", "--data", str(tmp_path / "data"), "--model", "knee", "--input-size", "64",
                  "--epochs", "2", "--batch-size", "8", "--workers", "0", "--region-weight", "1",
+                 "--online-pairs", "4",
                  "--weights-dir", str(weights),
                  "--run-dir", str(tmp_path / "run")]) == 0
     card = json.loads((weights / "knee.json").read_text())
     assert card["training"]["command"].startswith("dfnode train --data")
     assert card["metrics"]["split"] == "test" and 0 <= card["metrics"]["roc_auc"] <= 1
     assert len(card["training"]["history"]) == 2
+    assert card["training"]["spec"]["online_pairs"] == 4
     for plot in ("knee.roc.png", "knee.confusion.png", "knee.metrics.json"):
         assert (tmp_path / "run" / plot).stat().st_size > 0
     classifier = load_classifier(weights / "knee.json")
     capsys.readouterr()
     assert main(["evaluate", "--weights", str(weights / "knee.json"), "--data", str(tmp_path / "data"),
-                 "--out", str(tmp_path / "eval")]) == 0
+                 "--workers", "2", "--out", str(tmp_path / "eval")]) == 0  # prepared in loader processes
     assert "ROC AUC" in capsys.readouterr().out
     report = json.loads((tmp_path / "eval" / "knee-test.json").read_text())
     assert report["images"] == card["metrics"]["images"]
@@ -75,3 +118,23 @@ def test_train_then_evaluate_reproduces_the_card(tmp_path: Path, capsys: pytest.
     node = Node(config)
     assert node.classifiers["knee"].version == classifier.version
     node.db.close()
+
+
+@pytest.mark.slow
+def test_leave_one_family_out_tests_on_groups_the_model_never_saw(tmp_path: Path) -> None:
+    assert main(["synth", "--kind", "knee", "--count", "40", "--size", "80", "--seed", "5", "--workers", "1",
+                 "--family", "splice", "--family", "copy_move", "--out", str(tmp_path / "data")]) == 0
+    assert main(["evaluate", "--leave-out", "splice", "--data", str(tmp_path / "data"), "--model", "knee",
+                 "--input-size", "64", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+                 "--out", str(tmp_path / "lofo")]) == 0
+    card = json.loads((tmp_path / "lofo" / "knee-without-splice.json").read_text())
+    assert card["training"]["excluded_families"] == ["splice"]
+    report = json.loads((tmp_path / "lofo" / "held-out-splice.json").read_text())
+    samples = load_samples(tmp_path / "data")
+    seen = split_for_card(samples, card["training"])
+    trained_on = {s.group for s in seen["train"] + seen["val"]}
+    tested = {s.group for s in seen["test"]}
+    expected = [s for s in samples if s.group in tested and (s.label == 0 or s.manipulation == "splice")]
+    assert report["images"] == len(expected) and report["manipulated"] >= 1
+    assert not tested & trained_on
+    assert (tmp_path / "lofo" / "held-out-splice.roc.png").stat().st_size > 0

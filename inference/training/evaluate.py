@@ -8,25 +8,23 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.model import load_classifier
+from inference.model import load_classifier, torch_device
 from inference.training.datasets import load_samples
 from inference.training.evaluation import benign_scores, evaluate_scores, score_samples, scorer_for
 from inference.training.plots import plot_confusion, plot_roc
-from inference.training.splits import grouped_split
+from inference.training.splits import split_for_card
 from inference.training.train import TrainSpec, train
 
 
 def evaluate_model(card_path: Path, data: Path, split: str, out_dir: Path, seed: int | None = None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, workers: int = 0, device: str = "auto") -> dict:
     """Metrics of a model on `data` (its test split, by the card's seed, or all of it)."""
-    classifier = load_classifier(card_path)
+    classifier = load_classifier(card_path, device=str(torch_device(device)))
     card = classifier.card
     samples = load_samples(data)
     if split != "all":
-        split_seed = seed if seed is not None else int(card.training.get("spec", {}).get("seed", 0))
-        excluded = set(card.training.get("excluded_families", []))
-        samples = grouped_split([s for s in samples if s.manipulation not in excluded], split_seed)[split]
-    scorer = scorer_for(classifier)
+        samples = split_for_card(samples, card.training, seed)[split]
+    scorer = scorer_for(classifier, workers=workers)
     scores = score_samples(scorer, samples, desc=f"evaluate {card.name}", progress=progress)
     benign_seed = int(card.training.get("spec", {}).get("seed", 0)) + 2
     benign = benign_scores(scorer, [s for s in samples if s.label == 0], benign_seed, progress)
@@ -41,10 +39,13 @@ def leave_one_family_out(base: TrainSpec, family: str, out_dir: Path) -> dict:
     spec = dataclasses.replace(base, exclude_families=(family,), model_name=f"{base.model_name}-without-{family}",
                                weights_dir=out_dir, run_dir=out_dir / "run", resume=False)
     train(spec)
-    classifier = load_classifier(out_dir / f"{spec.model_name}.json")
-    samples = grouped_split(load_samples(base.data), base.seed)["test"]
-    held_out = [s for s in samples if s.label == 0 or s.manipulation == family]
-    scorer = scorer_for(classifier)
+    classifier = load_classifier(out_dir / f"{spec.model_name}.json", device=str(torch_device(base.device)))
+    # the test split of the model trained here: none of its groups was seen in training, so the pristine
+    # twins of the held-out images were never learned either
+    samples = load_samples(base.data)
+    test_groups = {s.group for s in split_for_card(samples, classifier.card.training)["test"]}
+    held_out = [s for s in samples if s.group in test_groups and (s.label == 0 or s.manipulation == family)]
+    scorer = scorer_for(classifier, workers=base.workers)
     scores = score_samples(scorer, held_out, desc=f"held-out {family}", progress=base.progress)
     report = evaluate_scores(held_out, scores, classifier.card.threshold, {})
     report.update({"held_out_family": family, "model": spec.model_name})

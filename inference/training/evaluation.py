@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from inference.model import Classifier, to_batch
+from inference.model import Classifier, network_input, stack_images
 from inference.preprocess import Preprocessing, fit_to_square, to_unit_range
 from inference.training.augment import BENIGN, benign_degrade
 from inference.training.datasets import Sample, load_values
@@ -28,13 +28,14 @@ class Scorer:
     device: torch.device
     batch_size: int = 16
     residual: bool = False
+    workers: int = 0  # data-loading processes
 
 
-def scorer_for(classifier: Classifier, batch_size: int = 32) -> Scorer:
+def scorer_for(classifier: Classifier, batch_size: int = 32, workers: int = 0) -> Scorer:
     """A scorer that feeds a loaded model exactly as its card says."""
     p = classifier.card.preprocessing
     return Scorer(classifier.torch_network, classifier.card.preprocessing_spec(), p.normalization_mean,
-                  p.normalization_std, classifier.device, batch_size, p.residual_channel)
+                  p.normalization_std, classifier.device, batch_size, p.residual_channel, workers)
 
 
 def prepare_sample(sample: Sample, prep: Preprocessing) -> np.ndarray:
@@ -43,23 +44,40 @@ def prepare_sample(sample: Sample, prep: Preprocessing) -> np.ndarray:
     return to_unit_range(values, prep, monochrome1)
 
 
+class _ScoringImages(torch.utils.data.Dataset):
+    """Samples as the network sees them, optionally after one benign degradation (seeded per index)."""
+
+    def __init__(self, samples: list[Sample], prep: Preprocessing, degrade: str | None, seed: int):
+        self.samples, self.prep, self.degrade, self.seed = samples, prep, degrade, seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        image = prepare_sample(self.samples[i], self.prep)
+        if self.degrade is not None:
+            image = benign_degrade(np.random.default_rng([self.seed, i]), image, self.degrade)
+        return fit_to_square(image, self.prep.input_size)
+
+
 def score_samples(scorer: Scorer, samples: list[Sample], degrade: str | None = None, seed: int = 0,
                   desc: str = "scoring", progress: bool = True) -> np.ndarray:
-    """Manipulation probabilities for samples, optionally after one benign degradation."""
+    """Manipulation probabilities for samples, optionally after one benign degradation; images are
+    prepared in `scorer.workers` loader processes (0: in this one)."""
     scorer.network.eval()
+    loader = torch.utils.data.DataLoader(
+        _ScoringImages(samples, scorer.prep, degrade, seed), batch_size=scorer.batch_size,
+        num_workers=scorer.workers, collate_fn=stack_images,
+        pin_memory=scorer.device.type == "cuda")
     out = []
     bar = tqdm(total=len(samples), desc=desc, unit="img", disable=not progress, leave=False)
     with torch.inference_mode():
-        for start in range(0, len(samples), scorer.batch_size):
-            images = []
-            for i, sample in enumerate(samples[start:start + scorer.batch_size]):
-                image = prepare_sample(sample, scorer.prep)
-                if degrade is not None:
-                    image = benign_degrade(np.random.default_rng([seed, start + i]), image, degrade)
-                images.append(fit_to_square(image, scorer.prep.input_size))
-            batch = to_batch(images, scorer.mean, scorer.std, scorer.residual).to(scorer.device)
-            out.append(torch.sigmoid(scorer.network(batch).float().reshape(-1)).cpu().numpy())
-            bar.update(len(images))
+        for batch in loader:
+            inputs = network_input(batch.to(scorer.device, non_blocking=True), scorer.mean, scorer.std,
+                                   scorer.residual)
+            logits = scorer.network(inputs)
+            out.append(torch.sigmoid(logits.float().reshape(-1)).cpu().numpy())
+            bar.update(len(batch))
     bar.close()
     return np.concatenate(out) if out else np.zeros(0)
 

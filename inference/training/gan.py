@@ -57,21 +57,23 @@ def to_gan_size(image: np.ndarray) -> np.ndarray:
 
 
 def train_gan(images: np.ndarray, steps: int, seed: int, batch_size: int = 32,
-              progress: bool = True) -> torch.nn.Module:
-    """Train a DCGAN on (N, 64, 64) images in [0, 1] and return the generator (in eval mode)."""
+              progress: bool = True, device: torch.device | None = None) -> torch.nn.Module:
+    """Train a DCGAN on (N, 64, 64) images in [0, 1] (on `device`, the CPU by default) and return the
+    generator on the CPU, in eval mode."""
+    device = device or torch.device("cpu")
     torch.manual_seed(seed)
-    generator, discriminator = _generator(), _discriminator()
+    generator, discriminator = _generator().to(device), _discriminator().to(device)
     generator.apply(_init)
     discriminator.apply(_init)
     opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    data = torch.from_numpy(images.astype(np.float32))[:, None] * 2 - 1
+    data = torch.from_numpy(images.astype(np.float32))[:, None].to(device) * 2 - 1
     rng = np.random.default_rng(seed)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
-    ones, zeros = torch.ones(batch_size, 1), torch.zeros(batch_size, 1)
+    ones, zeros = torch.ones(batch_size, 1, device=device), torch.zeros(batch_size, 1, device=device)
     for _ in tqdm(range(steps), desc="training the synthesis GAN", unit="step", disable=not progress):
-        real = data[torch.from_numpy(rng.integers(0, len(data), batch_size))]
-        fake = generator(torch.randn(batch_size, LATENT, 1, 1))
+        real = data[torch.from_numpy(rng.integers(0, len(data), batch_size)).to(device)]
+        fake = generator(torch.randn(batch_size, LATENT, 1, 1, device=device))
         loss_d = bce(discriminator(real), ones * 0.9) + bce(discriminator(fake.detach()), zeros)
         opt_d.zero_grad()
         loss_d.backward()
@@ -80,7 +82,7 @@ def train_gan(images: np.ndarray, steps: int, seed: int, batch_size: int = 32,
         opt_g.zero_grad()
         loss_g.backward()
         opt_g.step()
-    return generator.eval()
+    return generator.cpu().eval()
 
 
 @dataclass

@@ -8,12 +8,13 @@ Output is deterministic for a given seed: sample i draws from `default_rng([seed
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -81,22 +82,40 @@ def to_png_values(values: np.ndarray, kind: str) -> np.ndarray:
 
 
 def write_png(values: np.ndarray, kind: str, path: Path) -> None:
-    Image.fromarray(to_png_values(values, kind)).save(path)
+    Image.fromarray(to_png_values(values, kind)).save(path, compress_level=1)  # fast: synth is CPU-bound
 
 
-def train_synthesis_gan(spec: SynthSpec, progress: bool = True) -> GanSynthesiser:
-    """The GAN of this run, trained on `gan_sources` pristine images drawn from the run's seed."""
-    rng = np.random.default_rng([spec.seed, 0x6A4])
-    images = []
-    for i in range(spec.gan_sources):
-        _, values = _source(rng, spec, 2_000_000 + i)
-        low, high = np.percentile(values, [0.5, 99.5])
-        images.append(to_gan_size(np.clip((values - low) / max(high - low, 1e-6), 0, 1)))
-    return GanSynthesiser(train_gan(np.stack(images), spec.gan_steps, spec.seed, progress=progress))
+def gan_source(spec: SynthSpec, index: int) -> np.ndarray:
+    """Pristine image `index` of the ones the GAN learns from, in [0, 1] at the GAN's size."""
+    _, values = _source(np.random.default_rng([spec.seed, 0x6A4, index]), spec, 2_000_000 + index)
+    low, high = np.percentile(values, [0.5, 99.5])
+    return to_gan_size(np.clip((values - low) / max(high - low, 1e-6), 0, 1))
 
 
-def make_pair(spec: SynthSpec, index: int, out_dir: Path, gan: GanSynthesiser | None = None) -> list[SynthRow]:
-    """Write the pristine and the manipulated image of source `index`."""
+def _gan_source_job(args: tuple[SynthSpec, int]) -> np.ndarray:
+    return gan_source(*args)
+
+
+def train_synthesis_gan(spec: SynthSpec, progress: bool = True, mapper: Callable = map,
+                        device: torch.device | None = None) -> GanSynthesiser:
+    """The GAN of this run, trained on `gan_sources` pristine images drawn from the run's seed;
+    `mapper` makes the sources (a process pool's map in parallel), `device` trains the GAN."""
+    images = list(mapper(_gan_source_job, [(spec, i) for i in range(spec.gan_sources)]))
+    return GanSynthesiser(train_gan(np.stack(images), spec.gan_steps, spec.seed, progress=progress, device=device))
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Source `index`'s pristine image and its manipulated twin, in modality units."""
+
+    group: str
+    pristine: np.ndarray
+    family: str
+    tampered: Tampered
+
+
+def synthesise_pair(spec: SynthSpec, index: int, gan: GanSynthesiser | None = None) -> Pair:
+    """The pair of source `index`, drawn from `default_rng([spec.seed, index])`."""
     rng = np.random.default_rng([spec.seed, index])
     group, pristine = _source(rng, spec, index)
     names = spec.family_names()
@@ -108,12 +127,19 @@ def make_pair(spec: SynthSpec, index: int, out_dir: Path, gan: GanSynthesiser | 
         tampered = Tampered(gan.fake_like(rng, pristine), None)
     else:
         tampered = families_for(spec.kind)[name](rng, pristine, donor)
+    return Pair(group, pristine, name, tampered)
+
+
+def make_pair(spec: SynthSpec, index: int, out_dir: Path, gan: GanSynthesiser | None = None) -> list[SynthRow]:
+    """Write the pristine and the manipulated image of source `index`."""
+    pair = synthesise_pair(spec, index, gan)
     rows = []
-    for label, image, kind_name, box in ((0, pristine, "pristine", None), (1, tampered.image, name, tampered.box)):
+    for label, image, kind_name, box in ((0, pair.pristine, "pristine", None),
+                                         (1, pair.tampered.image, pair.family, pair.tampered.box)):
         rel = f"{spec.kind}/{index:06d}_{label}.png"
         write_png(image, spec.kind, out_dir / rel)
         box_text = " ".join(map(str, box)) if box else ""
-        rows.append(SynthRow(rel, label, spec.kind, kind_name, group, box_text))
+        rows.append(SynthRow(rel, label, spec.kind, kind_name, pair.group, box_text))
     return rows
 
 
@@ -121,26 +147,24 @@ def _make_pair_job(args: tuple[SynthSpec, int, Path, GanSynthesiser | None]) -> 
     return make_pair(*args)
 
 
-def synthesise(spec: SynthSpec, out_dir: Path, workers: int = 1, progress: bool = True) -> Path:
-    """Write `spec.count` pairs under `out_dir` and the manifest `out_dir/manifest.csv`."""
+def synthesise(spec: SynthSpec, out_dir: Path, workers: int = 1, progress: bool = True,
+               device: torch.device | None = None) -> Path:
+    """Write `spec.count` pairs under `out_dir` and the manifest `out_dir/manifest.csv`; the GAN (when
+    the run makes the gan family) trains on `device`, the CPU by default."""
     (out_dir / spec.kind).mkdir(parents=True, exist_ok=True)
-    gan = train_synthesis_gan(spec, progress) if GAN_FAMILY in spec.family_names() else None
-    jobs = [(spec, i, out_dir, gan) for i in range(spec.count)]
-    rows: list[SynthRow] = []
-    bar = tqdm(total=spec.count, desc=f"synth {spec.kind}", unit="pair", disable=not progress)
-    results: Iterator[list[SynthRow]]
-    if workers > 1:
-        pool = ProcessPoolExecutor(workers)
-        results = pool.map(_make_pair_job, jobs, chunksize=8)
-    else:
-        pool = None
-        results = map(_make_pair_job, jobs)
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
-        for pair in results:
-            rows.extend(pair)
-            bar.update()
+        def mapper(job: Callable, args: list) -> Iterator:
+            return pool.map(job, args, chunksize=8) if pool is not None else map(job, args)
+
+        gan = (train_synthesis_gan(spec, progress, mapper, device)
+               if GAN_FAMILY in spec.family_names() else None)
+        rows: list[SynthRow] = []
+        with tqdm(total=spec.count, desc=f"synth {spec.kind}", unit="pair", disable=not progress) as bar:
+            for pair in mapper(_make_pair_job, [(spec, i, out_dir, gan) for i in range(spec.count)]):
+                rows.extend(pair)
+                bar.update()
     finally:
-        bar.close()
         if pool is not None:
             pool.shutdown()
     manifest = out_dir / "manifest.csv"

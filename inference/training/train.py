@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from inference.model import build_network, to_batch
+from inference.model import build_network, network_input, stack_images, torch_device
 from inference.model_card import CardPreprocessing, ModelCard, write_card
-from inference.preprocess import Preprocessing, fit_to_square
+from inference.preprocess import Preprocessing, fit_to_square, to_unit_range
 from inference.training.augment import augment
 from inference.training.datasets import Sample, load_samples
 from inference.training.evaluation import (
@@ -31,9 +31,11 @@ from inference.training.evaluation import (
     prepare_sample,
     score_samples,
 )
+from inference.training.manipulations import Tampered
 from inference.training.metrics import roc_auc, threshold_for_fpr
+from inference.training.online import OnlinePairs, online_pairs
 from inference.training.plots import plot_confusion, plot_roc
-from inference.training.splits import grouped_split
+from inference.training.splits import SPLIT_RULE, grouped_split
 from inference.weights import save_weights
 
 MEAN, STD = 0.5, 0.25
@@ -63,6 +65,9 @@ class TrainSpec:
     aggregation: str = "max"
     residual: bool = True  # the noise-residual input channel (inference.model.noise_residual)
     region_weight: float = 0.0  # weight of the auxiliary loss on where the manipulation is (synth boxes)
+    online_pairs: int = 0  # pairs synthesised afresh each epoch, besides the files (inference.training.online)
+    dropout: float = 0.0  # before the head, in training only
+    drop_path: float = 0.0  # stochastic depth, in training only
     resume: bool = True
     progress: bool = True
     command: str = ""
@@ -74,29 +79,46 @@ class TrainSpec:
 
 
 class _TrainImages(torch.utils.data.Dataset):
-    """Augmented training images; the augmentation differs per epoch and is reproducible."""
+    """Augmented training images: the files, then `online.count` freshly synthesised pairs (pristine,
+    manipulated) per epoch; the augmentation differs per epoch and is reproducible."""
 
-    def __init__(self, samples: list[Sample], prep: Preprocessing, seed: int):
-        self.samples, self.prep, self.seed, self.epoch = samples, prep, seed, 0
+    def __init__(self, samples: list[Sample], prep: Preprocessing, seed: int, online: OnlinePairs | None = None):
+        self.samples, self.prep, self.seed, self.online, self.epoch = samples, prep, seed, online, 0
+        self._last_pair: tuple[tuple[int, int], tuple[np.ndarray, Tampered, str]] | None = None
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.samples) + (2 * self.online.count if self.online else 0)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, float, float]:
         """Image, region mask, label, and the weight of the region loss (0 where the region is unknown)."""
-        sample = self.samples[i]
-        image = prepare_sample(sample, self.prep)
+        if i < len(self.samples):
+            sample = self.samples[i]
+            image = prepare_sample(sample, self.prep)
+        else:
+            sample, values = self._online(*divmod(i - len(self.samples), 2))
+            image = to_unit_range(values, self.prep, False)
         image, mask = augment(np.random.default_rng([self.seed, self.epoch, i]), image, sample.region_mask(image.shape))
         size = self.prep.input_size
         region_known = sample.label == 0 or sample.box is not None
         return fit_to_square(image, size), fit_to_square(mask, size), float(sample.label), float(region_known)
+
+    def _online(self, pair: int, label: int) -> tuple[Sample, np.ndarray]:
+        """One image of an online pair; twins come one after the other, so the pair is made once."""
+        assert self.online is not None
+        key = (self.epoch, pair)
+        if self._last_pair is None or self._last_pair[0] != key:
+            self._last_pair = (key, self.online.pair(self.epoch, pair))
+        pristine, tampered, family = self._last_pair[1]
+        if label == 0:
+            return Sample(Path("online"), 0, f"online-{pair}", "pristine"), pristine
+        return Sample(Path("online"), 1, f"online-{pair}", family, tampered.box), tampered.image
 
 
 class PairedBatches(torch.utils.data.Sampler[list[int]]):
     """Batches that keep twins together: consecutive samples of one group (a synth manifest's pristine
     image and its manipulated copy) land in the same batch, so the batch itself shows what changed."""
 
-    def __init__(self, samples: list[Sample], batch_size: int, seed: int):
+    def __init__(self, samples: list[Sample], batch_size: int, seed: int, online_pairs: int = 0):
         self.batch_size, self.seed, self.epoch = batch_size, seed, 0
         self.units: list[list[int]] = []
         for i, sample in enumerate(samples):
@@ -105,6 +127,7 @@ class PairedBatches(torch.utils.data.Sampler[list[int]]):
                 unit.append(i)
             else:
                 self.units.append([i])
+        self.units += [[len(samples) + 2 * j, len(samples) + 2 * j + 1] for j in range(online_pairs)]
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.units))
@@ -116,16 +139,11 @@ class PairedBatches(torch.utils.data.Sampler[list[int]]):
         return sum(len(u) for u in self.units) // self.batch_size
 
 
-class _Collate:
-    """Batches as the node builds them (a class, so data-loading processes can pickle it)."""
-
-    def __init__(self, residual: bool):
-        self.residual = residual
-
-    def __call__(self, batch: list[tuple[np.ndarray, np.ndarray, float, float]]) -> tuple[torch.Tensor, ...]:
-        images = to_batch([b[0] for b in batch], MEAN, STD, self.residual)
-        masks = torch.from_numpy(np.stack([b[1] for b in batch]))[:, None]
-        return images, masks, torch.tensor([b[2] for b in batch]), torch.tensor([b[3] for b in batch])
+def _collate(batch: list[tuple[np.ndarray, np.ndarray, float, float]]) -> tuple[torch.Tensor, ...]:
+    """Stacked images, masks, labels and region weights; the network input is made on the device."""
+    masks = torch.from_numpy(np.stack([b[1] for b in batch]))[:, None]
+    return (stack_images([b[0] for b in batch]), masks, torch.tensor([b[2] for b in batch]),
+            torch.tensor([b[3] for b in batch]))
 
 
 def _region_loss(region_logits: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -136,10 +154,29 @@ def _region_loss(region_logits: torch.Tensor, masks: torch.Tensor, weights: torc
     return (per_cell.mean(dim=(1, 2, 3)) * weights).sum() / weights.sum().clamp(min=1.0)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+class _TrainingClock:
+    """Minutes spent training, kept in the resumable state; with a time limit, the learning-rate
+    schedule anneals by whichever ends first, the epochs or the minutes."""
+
+    def __init__(self, state: dict[str, Any], max_minutes: float | None):
+        self.state, self.max_minutes, self.since = state, max_minutes, time.monotonic()
+
+    def start(self) -> None:
+        self.since = time.monotonic()
+
+    def update(self) -> None:
+        now = time.monotonic()
+        self.state["minutes"] = self.state.get("minutes", 0.0) + (now - self.since) / 60
+        self.since = now
+
+    def minutes(self) -> float:
+        return self.state.get("minutes", 0.0) + (time.monotonic() - self.since) / 60
+
+    def fraction_used(self) -> float:
+        return 0.0 if self.max_minutes is None else self.minutes() / self.max_minutes
+
+    def out_of_time(self) -> bool:
+        return self.max_minutes is not None and self.minutes() > self.max_minutes
 
 
 def select_samples(spec: TrainSpec) -> dict[str, list[Sample]]:
@@ -151,27 +188,34 @@ def select_samples(spec: TrainSpec) -> dict[str, list[Sample]]:
 def train(spec: TrainSpec) -> dict:
     """Train, pick the threshold, measure on the test split, write weights, card, plots, metrics."""
     torch.manual_seed(spec.seed)
-    device = _device(spec.device)
+    device = torch_device(spec.device)
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     splits = select_samples(spec)
     prep = spec.preprocessing()
     spec.run_dir.mkdir(parents=True, exist_ok=True)
-    network = build_network(in_chans=2 if spec.residual else 1)
+    network = build_network(in_chans=2 if spec.residual else 1, drop_rate=spec.dropout,
+                            drop_path_rate=spec.drop_path)
     network = network.to(device).to(memory_format=torch.channels_last)
     # training-only head: where the manipulation is, from the last feature map (not part of the model)
     region_head = torch.nn.Conv2d(network.num_features, 1, kernel_size=1).to(device)
     parameters = list(network.parameters()) + list(region_head.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=spec.lr, weight_decay=spec.weight_decay)
-    dataset = _TrainImages(splits["train"], prep, spec.seed)
-    batches = PairedBatches(splits["train"], spec.batch_size, spec.seed)
+    online = (online_pairs(splits["train"], spec.kind, spec.input_size, spec.seed, spec.online_pairs)
+              if spec.online_pairs > 0 else None)
+    dataset = _TrainImages(splits["train"], prep, spec.seed, online)
+    batches = PairedBatches(splits["train"], spec.batch_size, spec.seed, spec.online_pairs if online else 0)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=spec.workers,
-                                         collate_fn=_Collate(spec.residual))
+                                         collate_fn=_collate, pin_memory=device.type == "cuda",
+                                         persistent_workers=spec.workers > 0)
+    state: dict[str, Any] = {"epoch": 0, "best_auc": -1.0, "stale": 0, "history": [], "minutes": 0.0}
+    clock = _TrainingClock(state, spec.max_minutes)
     total_steps = max(1, spec.epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(step / total_steps, 1))))
+        optimizer, lambda step: min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(
+            math.pi * min(max(step / total_steps, clock.fraction_used()), 1))))
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    scorer = Scorer(network, prep, MEAN, STD, device, spec.batch_size * 2, spec.residual)
-    state: dict[str, Any] = {"epoch": 0, "best_auc": -1.0, "stale": 0, "history": []}
+    scorer = Scorer(network, prep, MEAN, STD, device, spec.batch_size * 2, spec.residual, spec.workers)
     last = spec.run_dir / "last.pt"
     if spec.resume and last.is_file():
         checkpoint = torch.load(last, map_location=device, weights_only=False)
@@ -179,8 +223,8 @@ def train(spec: TrainSpec) -> dict:
         region_head.load_state_dict(checkpoint["region_head"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        state = checkpoint["state"]
-    started = time.monotonic()
+        state.update(checkpoint["state"])
+    clock.start()
     val_labels = np.array([s.label for s in splits["val"]])
     while state["epoch"] < spec.epochs and state["stale"] < spec.patience:
         dataset.epoch = batches.epoch = state["epoch"]
@@ -189,7 +233,8 @@ def train(spec: TrainSpec) -> dict:
                    disable=not spec.progress)
         losses = []
         for images, masks, labels, weights in bar:
-            images, masks, labels, weights = (t.to(device) for t in (images, masks, labels, weights))
+            images, masks, labels, weights = (t.to(device, non_blocking=True) for t in (images, masks, labels, weights))
+            images = network_input(images, MEAN, STD, spec.residual)  # as the node does it, on the device
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 features = network.forward_features(images)
                 logits = network.forward_head(features).reshape(-1)
@@ -203,6 +248,9 @@ def train(spec: TrainSpec) -> dict:
             scheduler.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", best_val_auc=f"{state['best_auc']:.3f}")
+            if clock.out_of_time():  # validate what was learned so far, then stop
+                break
+        clock.update()
         val_auc = roc_auc(val_labels, score_samples(scorer, splits["val"], desc="validation",
                                                     progress=spec.progress))
         state["epoch"] += 1
@@ -218,7 +266,7 @@ def train(spec: TrainSpec) -> dict:
                     "scheduler": scheduler.state_dict(), "state": state}, last)
         print(f"{spec.model_name}: epoch {state['epoch']} loss {state['history'][-1]['loss']:.4f} "
               f"val AUC {val_auc:.4f} (best {state['best_auc']:.4f})", flush=True)
-        if spec.max_minutes is not None and (time.monotonic() - started) / 60 > spec.max_minutes:
+        if clock.out_of_time():
             print(f"{spec.model_name}: stopping at the {spec.max_minutes} minute limit", flush=True)
             break
     network.load_state_dict(torch.load(spec.run_dir / "best.pt", map_location=device))
@@ -249,7 +297,7 @@ def _finish(spec: TrainSpec, network: torch.nn.Module, scorer: Scorer, splits: d
                                         residual_channel=spec.residual),
         threshold=threshold, series_aggregation=spec.aggregation, weights=weights,  # type: ignore[arg-type]
         training={"command": spec.command, "data": spec.data_description or str(spec.data),
-                  "split": f"60/20/20 grouped by source, seed {spec.seed}",
+                  "split": f"60/20/20 grouped by source, {SPLIT_RULE}, seed {spec.seed}",
                   "excluded_families": list(spec.exclude_families),
                   "spec": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(spec).items()
                            if k not in ("command", "data_description", "progress")},
