@@ -1,8 +1,10 @@
 """Inference throughput per model on this machine: raw timm EfficientNet-B4 (eager float32, batch 8, at
 the card's input size) against dfnode's whole path (read, decode, preprocess, model), with each lever
-measured on its own.
+measured on its own. With `--device cuda` the same comparison on a GPU: the baseline stays eager float32
+at batch 8, the path runs the PyTorch backend with AMP (float16) at `--batch`.
 
     .venv/bin/python -m bench.inference [--images 64] [--repeats 3] [--compile]
+    python -m bench.inference --device cuda --batch 64 --images 512
 """
 
 from __future__ import annotations
@@ -23,31 +25,53 @@ from bench.common import REPO, median, print_table
 from inference.model import Classifier, load_classifier, to_batch
 from inference.preprocess import prepare_dataset
 from inference.scoring import score_files
-from tests.conftest import write_test_model
 from tests.helpers import copy_with_new_uids, ct_series, real_file
+from tests.models import write_test_model
 
 BATCH = 8
 
 
 def rate(images: int, run: Callable[[], object], repeats: int) -> float:
-    """Images per second, the median of `repeats` timed runs after one warm-up."""
-    run()
+    """Images per second, the median of `repeats` timed runs after one warm-up (GPU work included:
+    each run waits for the device)."""
+    def finished() -> None:
+        run()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    finished()
     seconds = []
     for _ in range(repeats):
         started = time.perf_counter()
-        run()
+        finished()
         seconds.append(time.perf_counter() - started)
     return images / median(seconds)
 
 
-def batches(classifier: Classifier, count: int) -> list[torch.Tensor]:
+def batches(classifier: Classifier, count: int, batch: int = BATCH,
+            device: torch.device | None = None) -> list[torch.Tensor]:
     """Model-ready batches of random images (the network's time does not depend on the pixels)."""
     p = classifier.card.preprocessing
     size = classifier.card.input_size
     rng = np.random.default_rng(0)
     images = [rng.random((size, size), dtype=np.float32) for _ in range(count)]
-    return [to_batch(images[i:i + BATCH], p.normalization_mean, p.normalization_std, p.residual_channel)
-            for i in range(0, count, BATCH)]
+    return [to_batch(images[i:i + batch], p.normalization_mean, p.normalization_std, p.residual_channel
+                     ).to(device or torch.device("cpu")) for i in range(0, count, batch)]
+
+
+def raw_timm(classifier: Classifier, ready: list[torch.Tensor]) -> Callable[[], None]:
+    """The baseline: a plain timm EfficientNet-B4 with the classifier's weights, eager float32, on the
+    batches' device, run over `ready` in contiguous (NCHW) layout."""
+    raw = timm.create_model("efficientnet_b4", pretrained=False, num_classes=1,
+                            in_chans=classifier.card.in_chans).eval().to(ready[0].device)
+    raw.load_state_dict(classifier.torch_network.state_dict())
+
+    def forward() -> None:
+        with torch.no_grad():
+            for b in ready:
+                raw(b)
+
+    return forward
 
 
 def series_for(model: str, folder: Path, count: int) -> list[Path]:
@@ -58,24 +82,19 @@ def series_for(model: str, folder: Path, count: int) -> list[Path]:
 
 
 def measure(model: str, folder: Path, count: int, repeats: int, compile_too: bool,
-            input_size: int | None) -> list[list[str]]:
+            input_size: int | None, device: str = "cpu", batch: int = BATCH) -> list[list[str]]:
     card = REPO / "weights" / f"{model}.json"
     if input_size is not None:  # the same network at another input size, random weights: speed only
         card = write_test_model(folder / f"{model}-{input_size}", model, "ct" if model == "lung" else "xray",
                                 input_size=input_size)
         model = f"{model} @{input_size}"
+    if device != "cpu":
+        return measure_gpu(model, card, folder, count, repeats, device, batch)
     eager = load_classifier(card, backend="torch", batch_size=BATCH)
     fast = load_classifier(card, backend="onnxruntime", cache_dir=folder / "cache", batch_size=BATCH)
     ready = batches(eager, count)
-    raw = timm.create_model("efficientnet_b4", pretrained=False, num_classes=1, in_chans=eager.card.in_chans).eval()
-    raw.load_state_dict(eager.torch_network.state_dict())
-    contiguous = [b.contiguous() for b in ready]
+    raw_forward = raw_timm(eager, [b.contiguous() for b in ready])
     files = series_for(model.split()[0], folder / model.split()[0], count)
-
-    def raw_forward() -> None:
-        with torch.no_grad():
-            for b in contiguous:
-                raw(b)
 
     def tuned_forward() -> None:
         with torch.inference_mode():
@@ -104,6 +123,12 @@ def measure(model: str, folder: Path, count: int, repeats: int, compile_too: boo
         ("dfnode path, PyTorch backend", rate(count, lambda: score_files(eager, files), repeats)),
         ("dfnode path, onnxruntime backend (default)", rate(count, lambda: score_files(fast, files), repeats)),
     ]
+    return summary(model, rows)
+
+
+def summary(model: str, rows: list[tuple[str, float]]) -> list[list[str]]:
+    """Table rows: each measurement against the first (the baseline), the preparation's share of the
+    path (the last row), and the path's ratio."""
     baseline, path = rows[0][1], rows[-1][1]
     prepare = next(r for name, r in rows if name.startswith("read"))
     share = path / prepare  # seconds preparing per second of the whole path
@@ -113,6 +138,35 @@ def measure(model: str, folder: Path, count: int, repeats: int, compile_too: boo
     return out
 
 
+def measure_gpu(model: str, card: Path, folder: Path, count: int, repeats: int, device: str,
+                batch: int) -> list[list[str]]:
+    """The GPU comparison: raw timm eager float32 at batch 8 against the model with AMP at `batch`
+    and dfnode's whole path (reading and preparing on the CPU, the model on the GPU)."""
+    gpu = torch.device(device)
+    classifier = load_classifier(card, device=device, backend="torch", batch_size=batch)
+    raw_forward = raw_timm(classifier, [b.contiguous() for b in batches(classifier, count, BATCH, gpu)])
+    large = batches(classifier, count, batch, gpu)
+    files = series_for(model.split()[0], folder / model.split()[0], count)
+
+    def amp_forward() -> None:
+        with torch.inference_mode(), torch.autocast(gpu.type, dtype=torch.float16):
+            for b in large:
+                classifier.torch_network(b)
+
+    def decode_and_prepare() -> None:
+        for path in files:
+            prepare_dataset(dcmread(path), classifier.card.preprocessing_spec())
+
+    rows = [
+        ("raw timm, eager float32, batch 8 (baseline)", rate(count, raw_forward, repeats)),
+        (f"model: channels_last + AMP float16, batch {batch}", rate(count, amp_forward, repeats)),
+        ("read + decode + preprocess only (CPU, one thread)", rate(count, decode_and_prepare, repeats)),
+        (f"dfnode path, PyTorch backend on {torch.cuda.get_device_name(gpu)}, AMP, batch {batch}",
+         rate(count, lambda: score_files(classifier, files), repeats)),
+    ]
+    return summary(model, rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64)
@@ -120,14 +174,18 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["knee", "lung"])
     parser.add_argument("--compile", action="store_true", help="also torch.compile (minutes to compile on a CPU)")
     parser.add_argument("--input-size", type=int, help="the same networks at this input size (random weights)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU comparison")
+    parser.add_argument("--batch", type=int, default=BATCH, help="the path's batch size on a GPU")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="dfnode-bench-inference-"))
     try:
         rows = [row for model in args.models for row in measure(model, folder, args.images, args.repeats,
-                                                                 args.compile, args.input_size)]
+                                                                 args.compile, args.input_size, args.device,
+                                                                 args.batch)]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print_table(f"Inference, CPU, {args.images} images per run, batch {BATCH}, median of {args.repeats}",
+    where = f"CPU, batch {BATCH}" if args.device == "cpu" else torch.cuda.get_device_name(torch.device(args.device))
+    print_table(f"Inference, {where}, {args.images} images per run, median of {args.repeats}",
                 ["model", "what runs", "images/s", "vs raw timm"], rows)
 
 

@@ -6,33 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
-from inference.model import build_network
-from inference.model_card import CardPreprocessing, ModelCard, write_card
-from inference.weights import save_weights
 from node.config import Config, parse_config
 from node.service import Node
 from tests.helpers import Receiver, dciodvfy_errors
+from tests.models import TEST_INPUT_SIZE, write_test_model
 
-TEST_INPUT_SIZE = 64
-
-
-def write_test_model(folder: Path, name: str, kind: str, threshold: float = 0.5, seed: int = 0,
-                     input_size: int = TEST_INPUT_SIZE) -> Path:
-    """A real EfficientNet-B4 with random weights and a valid card: the node cannot tell it apart.
-
-    The head is random too, so that scores differ between images and activation maps are not flat."""
-    torch.manual_seed(seed)
-    network = build_network(in_chans=2)
-    torch.nn.init.normal_(network.get_classifier().weight, std=1.0)
-    weights = save_weights(network.state_dict(), folder, name)
-    card = ModelCard(name=name, input_size=input_size, in_chans=2,
-                     preprocessing=CardPreprocessing(kind=kind, residual_channel=True),  # type: ignore[arg-type]
-                     threshold=threshold, weights=weights, training={"data": "random initialisation (tests)"})
-    path = folder / f"{name}.json"
-    write_card(card, path)
-    return path
+__all__ = ["TEST_INPUT_SIZE", "write_test_model"]
 
 
 @pytest.fixture(scope="session")
