@@ -69,6 +69,32 @@ def test_online_pairs_are_fresh_each_epoch_and_changed_only_in_their_box() -> No
         online_pairs([Sample(Path("x.png"), 1, "g", "unknown")], "xray", 96, 0, 5)
 
 
+def test_loader_processes_see_each_epoch(tmp_path: Path) -> None:
+    """Loader processes live across epochs: each epoch must still bring new augmentation and new online
+    pairs (the epoch travels with every index), and the same epoch must give the same batches."""
+    import torch
+
+    from inference.training.synth import SynthSpec, synthesise
+    from inference.training.train import TrainSpec, training_loader
+
+    synthesise(SynthSpec("xray", 4, size=48, seed=1, families=("splice",)), tmp_path / "data", progress=False)
+    train = load_samples(tmp_path / "data")
+    spec = TrainSpec("knee", "xray", tmp_path / "data", tmp_path, tmp_path, input_size=48, batch_size=4,
+                     workers=2, online_pairs=2)
+    loader, batches = training_loader(spec, train, torch.device("cpu"))
+    for epoch in (0, 1, 2):
+        batches.epoch = epoch
+        from_loader = torch.cat([images for images, *_ in loader])
+        assert from_loader.shape == (12, 1, 48, 48)  # 4 pairs from files and 2 online pairs
+        # what the loader processes made is this epoch's items, not those of the epoch they started in
+        expected = np.stack([loader.dataset[key][0] for batch in batches for key in batch])[:, None]
+        assert np.array_equal(from_loader.numpy(), expected)
+    items = {epoch: [loader.dataset[(epoch, i)][0] for i in range(12)] for epoch in (0, 1)}
+    assert not any(np.array_equal(a, b) for a, b in zip(items[0], items[1], strict=True))  # new each epoch
+    assert all(np.array_equal(a, b) for a, b in zip(items[0], [loader.dataset[(0, i)][0] for i in range(12)],
+                                                     strict=True))  # and reproducible
+
+
 def test_folder_and_csv_layouts(tmp_path: Path) -> None:
     from PIL import Image
 

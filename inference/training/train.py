@@ -80,43 +80,46 @@ class TrainSpec:
 
 class _TrainImages(torch.utils.data.Dataset):
     """Augmented training images: the files, then `online.count` freshly synthesised pairs (pristine,
-    manipulated) per epoch; the augmentation differs per epoch and is reproducible."""
+    manipulated) per epoch. Items are looked up by (epoch, index), so the augmentation differs per epoch
+    and is reproducible, also in loader processes that outlive an epoch."""
 
     def __init__(self, samples: list[Sample], prep: Preprocessing, seed: int, online: OnlinePairs | None = None):
-        self.samples, self.prep, self.seed, self.online, self.epoch = samples, prep, seed, online, 0
+        self.samples, self.prep, self.seed, self.online = samples, prep, seed, online
         self._last_pair: tuple[tuple[int, int], tuple[np.ndarray, Tampered, str]] | None = None
 
     def __len__(self) -> int:
         return len(self.samples) + (2 * self.online.count if self.online else 0)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, float, float]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, float, float]:
         """Image, region mask, label, and the weight of the region loss (0 where the region is unknown)."""
+        epoch, i = key
         if i < len(self.samples):
             sample = self.samples[i]
             image = prepare_sample(sample, self.prep)
         else:
-            sample, values = self._online(*divmod(i - len(self.samples), 2))
+            sample, values = self._online(epoch, *divmod(i - len(self.samples), 2))
             image = to_unit_range(values, self.prep, False)
-        image, mask = augment(np.random.default_rng([self.seed, self.epoch, i]), image, sample.region_mask(image.shape))
+        image, mask = augment(np.random.default_rng([self.seed, epoch, i]), image, sample.region_mask(image.shape))
         size = self.prep.input_size
         region_known = sample.label == 0 or sample.box is not None
         return fit_to_square(image, size), fit_to_square(mask, size), float(sample.label), float(region_known)
 
-    def _online(self, pair: int, label: int) -> tuple[Sample, np.ndarray]:
+    def _online(self, epoch: int, pair: int, label: int) -> tuple[Sample, np.ndarray]:
         """One image of an online pair; twins come one after the other, so the pair is made once."""
         assert self.online is not None
-        key = (self.epoch, pair)
+        key = (epoch, pair)
         if self._last_pair is None or self._last_pair[0] != key:
-            self._last_pair = (key, self.online.pair(self.epoch, pair))
+            self._last_pair = (key, self.online.pair(epoch, pair))
         pristine, tampered, family = self._last_pair[1]
         if label == 0:
             return Sample(Path("online"), 0, f"online-{pair}", "pristine"), pristine
         return Sample(Path("online"), 1, f"online-{pair}", family, tampered.box), tampered.image
 
 
-class PairedBatches(torch.utils.data.Sampler[list[int]]):
+class PairedBatches(torch.utils.data.Sampler[list[tuple[int, int]]]):
     """Batches that keep twins together: consecutive samples of one group (a synth manifest's pristine
-    image and its manipulated copy) land in the same batch, so the batch itself shows what changed."""
+    image and its manipulated copy) land in the same batch, so the batch itself shows what changed.
+    Each item is (epoch, index): the epoch travels with the index to the loader processes."""
 
     def __init__(self, samples: list[Sample], batch_size: int, seed: int, online_pairs: int = 0):
         self.batch_size, self.seed, self.epoch = batch_size, seed, 0
@@ -133,7 +136,7 @@ class PairedBatches(torch.utils.data.Sampler[list[int]]):
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.units))
         flat = [i for u in order for i in self.units[u]]
         for start in range(0, len(flat) - self.batch_size + 1, self.batch_size):
-            yield flat[start:start + self.batch_size]
+            yield [(self.epoch, i) for i in flat[start:start + self.batch_size]]
 
     def __len__(self) -> int:
         return sum(len(u) for u in self.units) // self.batch_size
@@ -179,6 +182,20 @@ class _TrainingClock:
         return self.max_minutes is not None and self.minutes() > self.max_minutes
 
 
+def training_loader(spec: TrainSpec, train_split: list[Sample], device: torch.device
+                    ) -> tuple[torch.utils.data.DataLoader, PairedBatches]:
+    """The loader of augmented training batches (files, then online pairs) and its sampler, whose
+    `epoch` picks the augmentation and the online pairs of the next pass."""
+    online = (online_pairs(train_split, spec.kind, spec.input_size, spec.seed, spec.online_pairs)
+              if spec.online_pairs > 0 else None)
+    dataset = _TrainImages(train_split, spec.preprocessing(), spec.seed, online)
+    batches = PairedBatches(train_split, spec.batch_size, spec.seed, spec.online_pairs if online else 0)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=spec.workers,
+                                         collate_fn=_collate, pin_memory=device.type == "cuda",
+                                         persistent_workers=spec.workers > 0)
+    return loader, batches
+
+
 def select_samples(spec: TrainSpec) -> dict[str, list[Sample]]:
     """The grouped split, without the families this run holds out."""
     samples = [s for s in load_samples(spec.data) if s.manipulation not in spec.exclude_families]
@@ -200,13 +217,7 @@ def train(spec: TrainSpec) -> dict:
     region_head = torch.nn.Conv2d(network.num_features, 1, kernel_size=1).to(device)
     parameters = list(network.parameters()) + list(region_head.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=spec.lr, weight_decay=spec.weight_decay)
-    online = (online_pairs(splits["train"], spec.kind, spec.input_size, spec.seed, spec.online_pairs)
-              if spec.online_pairs > 0 else None)
-    dataset = _TrainImages(splits["train"], prep, spec.seed, online)
-    batches = PairedBatches(splits["train"], spec.batch_size, spec.seed, spec.online_pairs if online else 0)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=spec.workers,
-                                         collate_fn=_collate, pin_memory=device.type == "cuda",
-                                         persistent_workers=spec.workers > 0)
+    loader, batches = training_loader(spec, splits["train"], device)
     state: dict[str, Any] = {"epoch": 0, "best_auc": -1.0, "stale": 0, "history": [], "minutes": 0.0}
     clock = _TrainingClock(state, spec.max_minutes)
     total_steps = max(1, spec.epochs * len(loader))
@@ -227,7 +238,7 @@ def train(spec: TrainSpec) -> dict:
     clock.start()
     val_labels = np.array([s.label for s in splits["val"]])
     while state["epoch"] < spec.epochs and state["stale"] < spec.patience:
-        dataset.epoch = batches.epoch = state["epoch"]
+        batches.epoch = state["epoch"]
         network.train()
         bar = tqdm(loader, desc=f"{spec.model_name} epoch {state['epoch'] + 1}/{spec.epochs}",
                    disable=not spec.progress)
