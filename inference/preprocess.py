@@ -206,6 +206,11 @@ def prepare_dataset(ds: Dataset, prep: Preprocessing) -> list[PreparedFrame]:
     ]
 
 
+def png_values_in_modality_units(values: np.ndarray, kind: Literal["xray", "ct"]) -> np.ndarray:
+    """A PNG's pixel values as modality values (CT PNGs hold HU + CT_PNG_OFFSET)."""
+    return values - CT_PNG_OFFSET if kind == "ct" else values
+
+
 def png_in_modality_units(path: Path, kind: Literal["xray", "ct"]) -> np.ndarray:
     """A greyscale PNG (8 or 16 bit) as modality values; CT PNGs hold HU + CT_PNG_OFFSET."""
     with Image.open(path) as img:
@@ -213,4 +218,4 @@ def png_in_modality_units(path: Path, kind: Literal["xray", "ct"]) -> np.ndarray
         values = np.asarray(grey, dtype=np.float32)
     if values.ndim != 2:
         raise NotEvaluable(f"{path.name}: not a greyscale image")
-    return values - CT_PNG_OFFSET if kind == "ct" else values
+    return png_values_in_modality_units(values, kind)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inference.preprocess import CT_PNG_OFFSET
+from inference.preprocess import png_values_in_modality_units
 from inference.training.datasets import Sample
 from inference.training.manipulations import Tampered, families_for
 from inference.training.synth import SynthSpec, synthesise_pair, to_png_values
@@ -38,8 +38,7 @@ class OnlinePairs:
 
 def stored_values(values: np.ndarray, kind: str) -> np.ndarray:
     """Modality values as a synth PNG would give them back (rounded and clipped to 16 bits)."""
-    stored = to_png_values(values, kind).astype(np.float32)
-    return stored - CT_PNG_OFFSET if kind == "ct" else stored
+    return png_values_in_modality_units(to_png_values(values, kind).astype(np.float32), kind)  # type: ignore[arg-type]
 
 
 def online_pairs(train: list[Sample], kind: str, size: int, seed: int, count: int) -> OnlinePairs:
