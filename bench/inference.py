@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,12 @@ from bench.common import REPO, median, print_table
 from inference.model import Classifier, load_classifier, to_batch
 from inference.preprocess import prepare_dataset
 from inference.scoring import score_files
+from node.config import InferenceSettings
 from tests.helpers import copy_with_new_uids, ct_series, real_file
 from tests.models import write_test_model
 
 BATCH = 8
+THREADS = 2  # preparing threads measured on a CPU
 
 
 def rate(images: int, run: Callable[[], object], repeats: int) -> float:
@@ -46,6 +49,19 @@ def rate(images: int, run: Callable[[], object], repeats: int) -> float:
         finished()
         seconds.append(time.perf_counter() - started)
     return images / median(seconds)
+
+
+def alternating(images: int, runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Images per second of each run, timed in turn (one of each per round), the median of `repeats`
+    rounds after one warm-up round: a shared machine's load then falls on every run alike."""
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for round_number in range(repeats + 1):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            if round_number:
+                seconds[name].append(time.perf_counter() - started)
+    return {name: images / median(values) for name, values in seconds.items()}
 
 
 def batches(classifier: Classifier, count: int, batch: int = BATCH,
@@ -82,14 +98,15 @@ def series_for(model: str, folder: Path, count: int) -> list[Path]:
 
 
 def measure(model: str, folder: Path, count: int, repeats: int, compile_too: bool,
-            input_size: int | None, device: str = "cpu", batch: int = BATCH) -> list[list[str]]:
+            input_size: int | None, device: str = "cpu", batch: int = BATCH, preparing_threads: int = 0
+            ) -> list[list[str]]:
     card = REPO / "weights" / f"{model}.json"
     if input_size is not None:  # the same network at another input size, random weights: speed only
         card = write_test_model(folder / f"{model}-{input_size}", model, "ct" if model == "lung" else "xray",
                                 input_size=input_size)
         model = f"{model} @{input_size}"
     if device != "cpu":
-        return measure_gpu(model, card, folder, count, repeats, device, batch)
+        return measure_gpu(model, card, folder, count, repeats, device, batch, preparing_threads)
     eager = load_classifier(card, backend="torch", batch_size=BATCH)
     fast = load_classifier(card, backend="onnxruntime", cache_dir=folder / "cache", batch_size=BATCH)
     ready = batches(eager, count)
@@ -110,20 +127,35 @@ def measure(model: str, folder: Path, count: int, repeats: int, compile_too: boo
         for path in files:
             prepare_dataset(dcmread(path), eager.card.preprocessing_spec())
 
+    baseline, ort, path = "raw timm, eager float32 (baseline)", "model: onnxruntime", \
+        "dfnode path, onnxruntime backend (default)"
+    # the ratios that matter, timed in turn so that the machine's load falls on all three alike
+    paired = alternating(count, {baseline: raw_forward, ort: ort_forward, path: lambda: score_files(fast, files)},
+                         repeats)
     rows: list[tuple[str, float]] = [
-        ("raw timm, eager float32 (baseline)", rate(count, raw_forward, repeats)),
+        (baseline, paired[baseline]),
         ("model: channels_last + inference_mode", rate(count, tuned_forward, repeats)),
     ]
     if compile_too:
         compiled = torch.compile(eager.torch_network)
         rows.append(("model: torch.compile", rate(count, lambda: [compiled(b) for b in ready], repeats)))
     rows += [
-        ("model: onnxruntime", rate(count, ort_forward, repeats)),
+        (ort, paired[ort]),
         ("read + decode + preprocess only", rate(count, decode_and_prepare, repeats)),
+        (f"read + decode + preprocess on {THREADS} threads at once",
+         rate(count, lambda: prepare_on_threads(files, eager, THREADS), repeats)),
         ("dfnode path, PyTorch backend", rate(count, lambda: score_files(eager, files), repeats)),
-        ("dfnode path, onnxruntime backend (default)", rate(count, lambda: score_files(fast, files), repeats)),
+        (path, paired[path]),
     ]
     return summary(model, rows)
+
+
+def prepare_on_threads(files: list[Path], classifier: Classifier, threads: int) -> None:
+    """Read and prepare every file on `threads` threads: how preparation scales, which is what a GPU
+    node's `inference.preparing_threads` relies on."""
+    spec = classifier.card.preprocessing_spec()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(lambda path: prepare_dataset(dcmread(path), spec), files))
 
 
 def summary(model: str, rows: list[tuple[str, float]]) -> list[list[str]]:
@@ -139,7 +171,7 @@ def summary(model: str, rows: list[tuple[str, float]]) -> list[list[str]]:
 
 
 def measure_gpu(model: str, card: Path, folder: Path, count: int, repeats: int, device: str,
-                batch: int) -> list[list[str]]:
+                batch: int, preparing_threads: int = 0) -> list[list[str]]:
     """The GPU comparison: raw timm eager float32 at batch 8 against the model with AMP at `batch`
     and dfnode's whole path (reading and preparing on the CPU, the model on the GPU)."""
     gpu = torch.device(device)
@@ -157,12 +189,15 @@ def measure_gpu(model: str, card: Path, folder: Path, count: int, repeats: int, 
         for path in files:
             prepare_dataset(dcmread(path), classifier.card.preprocessing_spec())
 
+    threads = InferenceSettings(device=device, preparing_threads=preparing_threads).preparing_thread_count()
     rows = [
         ("raw timm, eager float32, batch 8 (baseline)", rate(count, raw_forward, repeats)),
         (f"model: channels_last + AMP float16, batch {batch}", rate(count, amp_forward, repeats)),
         ("read + decode + preprocess only (CPU, one thread)", rate(count, decode_and_prepare, repeats)),
-        (f"dfnode path, PyTorch backend on {torch.cuda.get_device_name(gpu)}, AMP, batch {batch}",
+        (f"dfnode path on {torch.cuda.get_device_name(gpu)}, one preparing thread",
          rate(count, lambda: score_files(classifier, files), repeats)),
+        (f"dfnode path, PyTorch backend on {torch.cuda.get_device_name(gpu)}, AMP, batch {batch}, "
+         f"{threads} preparing threads", rate(count, lambda: score_files(classifier, files, 1, threads), repeats)),
     ]
     return summary(model, rows)
 
@@ -176,12 +211,14 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, help="the same networks at this input size (random weights)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU comparison")
     parser.add_argument("--batch", type=int, default=BATCH, help="the path's batch size on a GPU")
+    parser.add_argument("--preparing-threads", type=int, default=0,
+                        help="the GPU path's preparing threads (0: the node's default, all cores but one)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="dfnode-bench-inference-"))
     try:
         rows = [row for model in args.models for row in measure(model, folder, args.images, args.repeats,
                                                                  args.compile, args.input_size, args.device,
-                                                                 args.batch)]
+                                                                 args.batch, args.preparing_threads)]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     where = f"CPU, batch {BATCH}" if args.device == "cpu" else torch.cuda.get_device_name(torch.device(args.device))

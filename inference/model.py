@@ -90,16 +90,23 @@ class Classifier:
 
     def scores(self, images: list[np.ndarray]) -> np.ndarray:
         """Manipulation probability in [0, 1] for each prepared image, run in batches."""
-        out: list[np.ndarray] = []
-        with torch.inference_mode():
-            for start in range(0, len(images), self.batch_size):
-                p = self.card.preprocessing
-                chunk = images[start:start + self.batch_size]
-                batch = to_batch(chunk, p.normalization_mean, p.normalization_std, p.residual_channel)
-                batch = batch.to(self.device)
-                logits = self._forward(batch).float().reshape(-1)
-                out.append(torch.sigmoid(logits).cpu().numpy())
+        out = [self.batch_scores(self.input_batch(images[start:start + self.batch_size]))
+               for start in range(0, len(images), self.batch_size)]
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    def input_batch(self, images: list[np.ndarray]) -> torch.Tensor:
+        """Prepared images as the network's input on the classifier's device (`network_input`); any thread
+        may build the next batch while the model runs this one."""
+        p = self.card.preprocessing
+        with torch.inference_mode():
+            stacked = stack_images(images).to(self.device, non_blocking=True)
+            return network_input(stacked, p.normalization_mean, p.normalization_std, p.residual_channel)
+
+    def batch_scores(self, batch: torch.Tensor) -> np.ndarray:
+        """Probabilities for one input batch from `input_batch`."""
+        with torch.inference_mode():
+            logits = self._forward(batch).float().reshape(-1)
+            return torch.sigmoid(logits).cpu().numpy()
 
     def localise(self, image: np.ndarray, source_shape: tuple[int, int]) -> Box | None:
         """The box (source pixels) around the region that drives one prepared image's score."""
@@ -107,8 +114,7 @@ class Classifier:
 
     def activation_cells(self, image: np.ndarray) -> np.ndarray:
         """Per-cell logits (h, w) of one prepared image: where the score comes from."""
-        p = self.card.preprocessing
-        batch = to_batch([image], p.normalization_mean, p.normalization_std, p.residual_channel).to(self.device)
+        batch = self.input_batch([image])
         with torch.inference_mode():
             maps = self.runner.cells(batch) if self.runner is not None else activation_maps(self.torch_network, batch)
         return np.asarray(maps[0].cpu().numpy(), dtype=np.float32)

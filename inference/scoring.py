@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -9,12 +10,13 @@ from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
+import torch
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from inference.localisation import Box
 from inference.model import Classifier
-from inference.preprocess import Preprocessing, prepare_dataset
+from inference.preprocess import prepare_dataset
 from inference.slices import neighbour_positions, sampled_positions, slice_order
 from node.errors import NotEvaluable
 
@@ -91,10 +93,13 @@ class _PreparedChunk:
     shapes: list[tuple[int, int]]
     failures: list[ImageResult]
     headers: list[Dataset]
+    batch: torch.Tensor | None = None  # the images as the network's input
 
 
-def _prepare_chunk(paths: list[Path], prep: Preprocessing) -> _PreparedChunk:
-    """Read and prepare files; unusable images become failures, never exceptions."""
+def _prepare_chunk(paths: list[Path], classifier: Classifier) -> _PreparedChunk:
+    """Read and prepare files, and make the network's input batch of them; unusable images become
+    failures, never exceptions."""
+    prep = classifier.card.preprocessing_spec()
     chunk = _PreparedChunk([], [], [], [], [])
     for path in paths:
         try:
@@ -116,6 +121,8 @@ def _prepare_chunk(paths: list[Path], prep: Preprocessing) -> _PreparedChunk:
             if keyword in ds:
                 del ds[keyword]
         chunk.headers.append(ds)
+    if chunk.images:
+        chunk.batch = classifier.input_batch(chunk.images)
     return chunk
 
 
@@ -139,35 +146,37 @@ class _Scored:
             self.top = other.top
 
 
-def score_files(classifier: Classifier, paths: Iterable[Path], slice_stride: int = 1
+def score_files(classifier: Classifier, paths: Iterable[Path], slice_stride: int = 1, preparing_threads: int = 1
                 ) -> tuple[SeriesResult, list[Dataset]]:
     """Evaluate the DICOM files of one series; unusable images are reported, never raised.
 
     Each file is read once; its header (the dataset without pixel data) comes back for the report.
     With `slice_stride` n > 1, every n-th slice and the neighbours of suspicious ones are scored
-    (`inference.slices`); the others are reported as not evaluated, with the stride as the reason."""
+    (`inference.slices`); the others are reported as not evaluated, with the stride as the reason.
+    `preparing_threads` read and prepare the next batches while the model scores one."""
     files = list(paths)
     if slice_stride > 1 and len(files) > slice_stride:
-        scored = _score_strided(classifier, files, slice_stride)
+        scored = _score_strided(classifier, files, slice_stride, preparing_threads)
     else:
-        scored = _score_paths(classifier, files)
+        scored = _score_paths(classifier, files, preparing_threads)
     return _series_result(classifier, scored), scored.headers
 
 
-def _score_paths(classifier: Classifier, files: list[Path]) -> _Scored:
-    """Score files in batches. The next batch is read and prepared on a second thread while the model
-    scores this one, and only the most suspicious image is kept, so a long series costs one batch of
-    images in memory."""
-    prep = classifier.card.preprocessing_spec()
+def _score_paths(classifier: Classifier, files: list[Path], preparing_threads: int = 1) -> _Scored:
+    """Score files in batches. The next batches (one per preparing thread) are read and prepared while
+    the model scores this one, in order, and only the most suspicious image is kept, so a long series
+    costs a few batches of images in memory."""
     parts = [files[i:i + classifier.batch_size] for i in range(0, len(files), classifier.batch_size)]
+    ahead = max(1, preparing_threads)
     scored = _Scored([], [], [], None)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as pool:
-        upcoming = [pool.submit(_prepare_chunk, part, prep) for part in parts[:1]]
+    with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="prepare") as pool:
+        upcoming = deque(pool.submit(_prepare_chunk, part, classifier) for part in parts[:ahead])
         for n in range(len(parts)):
-            chunk = upcoming.pop().result()
-            if n + 1 < len(parts):
-                upcoming.append(pool.submit(_prepare_chunk, parts[n + 1], prep))
-            probabilities = classifier.scores(chunk.images)
+            chunk = upcoming.popleft().result()
+            if n + ahead < len(parts):
+                upcoming.append(pool.submit(_prepare_chunk, parts[n + ahead], classifier))
+            probabilities = (classifier.batch_scores(chunk.batch) if chunk.batch is not None
+                             else np.zeros(0, dtype=np.float32))
             top = None
             if len(probabilities):
                 best = int(np.argmax(probabilities))
@@ -178,19 +187,19 @@ def _score_paths(classifier: Classifier, files: list[Path]) -> _Scored:
     return scored
 
 
-def _score_strided(classifier: Classifier, files: list[Path], stride: int) -> _Scored:
+def _score_strided(classifier: Classifier, files: list[Path], stride: int, preparing_threads: int) -> _Scored:
     """Every `stride`-th slice in anatomical order, then the unscored neighbours of suspicious ones."""
     headers = [_read_header(path) for path in files]
     order = slice_order(headers)
     uid_at = [_sop_instance_uid(headers[i]) for i in order]
     unreadable = [p for p, uid in enumerate(uid_at) if uid is None]  # scored first, so reported as failures
     first = sorted(set(sampled_positions(len(files), stride)) | set(unreadable))
-    scored = _score_paths(classifier, [files[order[p]] for p in first])
+    scored = _score_paths(classifier, [files[order[p]] for p in first], preparing_threads)
     score_of = {r.sop_instance_uid: r.score or 0.0 for r in scored.evaluated}
     flagged = [p for p in first if score_of.get(uid_at[p] or "", 0.0) >= classifier.card.threshold]
     more = neighbour_positions(flagged, stride, len(files), set(first))
     if more:
-        scored.merge(_score_paths(classifier, [files[order[p]] for p in more]))
+        scored.merge(_score_paths(classifier, [files[order[p]] for p in more], preparing_threads))
     rank = {uid: p for p, uid in enumerate(uid_at) if uid is not None}
     scored.evaluated.sort(key=lambda r: (rank.get(r.sop_instance_uid, len(rank)), r.frame_number or 0))
     done = set(first) | set(more)

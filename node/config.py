@@ -6,6 +6,7 @@ Unknown keys are errors. Relative paths are relative to the config file's folder
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -210,6 +211,14 @@ class InferenceSettings(_Strict):
     device: str = "cpu"
     backend: Literal["auto", "torch", "onnxruntime"] = Field(
         "auto", description="auto: onnxruntime on a CPU when installed (about 2x eager PyTorch), else torch")
+    preparing_threads: int = Field(0, ge=0, le=64, description="threads reading and preparing images ahead "
+                                   "of the model; 0: one on a CPU, all cores but one on a GPU")
+
+    def preparing_thread_count(self) -> int:
+        """`preparing_threads`, with 0 resolved: on a CPU the model needs the cores; a GPU waits on them."""
+        if self.preparing_threads:
+            return self.preparing_threads
+        return 1 if self.device == "cpu" else max(1, (os.cpu_count() or 2) - 1)
 
 
 class Config(_Strict):

@@ -122,7 +122,8 @@ class Evaluator:
         self.audit.record("series.evaluating", study_uid=series.study_uid, series_uid=series.series_uid,
                           detail=f"version {version}: {len(files)} file(s), model {route.model}")
         started = time.monotonic()
-        result, headers = score_files(classifier, list(files.values()), route.slice_stride)
+        result, headers = score_files(classifier, list(files.values()), route.slice_stride,
+                                      self.config.inference.preparing_thread_count())
         sr_series_uid, sr_uid = report_uids(series.series_uid, version)
         identity = ReportIdentity(self.device_uid, self.config.node.ae_title, "dfnode", sr_series_uid, sr_uid, version)
         try:

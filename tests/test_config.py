@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
 from node.cli import main
-from node.config import load_config
+from node.config import InferenceSettings, load_config
 from node.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,3 +85,11 @@ def test_destinations_need_a_way_to_receive(tmp_path: Path) -> None:
     raw["peers"][0]["dicomweb_url"] = "http://127.0.0.1:8042/dicom-web/"
     assert load_config(_write(tmp_path, raw)).peer("pacs").dicomweb_url == "http://127.0.0.1:8042/dicom-web"
     assert load_config(_write(tmp_path, raw)).reports.key_image
+
+
+def test_preparing_threads_default_to_one_on_a_cpu_and_the_spare_cores_on_a_gpu() -> None:
+    assert InferenceSettings().preparing_thread_count() == 1
+    assert InferenceSettings(device="cuda").preparing_thread_count() == max(1, (os.cpu_count() or 2) - 1)
+    assert InferenceSettings(device="cuda", preparing_threads=3).preparing_thread_count() == 3
+    with pytest.raises(ValueError, match="preparing_threads"):
+        InferenceSettings(preparing_threads=-1)

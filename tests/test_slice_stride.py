@@ -65,6 +65,23 @@ def test_strided_scoring_fills_in_around_the_suspicious_slice(tmp_path: Path) ->
     assert result.focus is not None and result.focus.score >= threshold
 
 
+def test_more_preparing_threads_give_the_same_results_in_the_same_order(tmp_path: Path) -> None:
+    paths = ct_series(tmp_path / "ct", slices=30, size=64)
+    broken = tmp_path / "ct" / "broken.dcm"
+    broken.write_bytes(b"not a DICOM file")
+    paths.insert(11, broken)
+    classifier = load_classifier(write_test_model(tmp_path / "model", "lung", "ct"), batch_size=4)
+    for stride in (1, 4):
+        one, one_headers = score_files(classifier, paths, stride, preparing_threads=1)
+        many, many_headers = score_files(classifier, paths, stride, preparing_threads=3)
+        assert [(r.sop_instance_uid, r.reason) for r in many.images] == \
+            [(r.sop_instance_uid, r.reason) for r in one.images]
+        assert [r.score for r in many.images] == pytest.approx([r.score for r in one.images], abs=1e-6)
+        assert [h.SOPInstanceUID for h in many_headers] == [h.SOPInstanceUID for h in one_headers]
+        assert many.focus == one.focus and many.verdict is one.verdict
+        assert [r.sop_instance_uid for r in many.images if r.reason and "cannot be read" in r.reason] == ["broken"]
+
+
 def test_node_with_a_stride_reports_what_it_skipped(tmp_path: Path, model_dir: Path, receiver: Receiver,
                                                       classifiers) -> None:
     raw = node_config_raw(tmp_path / "var", model_dir, receiver.port)
