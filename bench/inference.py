@@ -23,7 +23,7 @@ import torch
 from pydicom import dcmread
 
 from bench.common import REPO, median, print_table
-from inference.model import Classifier, load_classifier, to_batch
+from inference.model import Classifier, load_classifier
 from inference.preprocess import prepare_dataset
 from inference.scoring import score_files
 from node.config import InferenceSettings
@@ -67,12 +67,11 @@ def alternating(images: int, runs: dict[str, Callable[[], object]], repeats: int
 def batches(classifier: Classifier, count: int, batch: int = BATCH,
             device: torch.device | None = None) -> list[torch.Tensor]:
     """Model-ready batches of random images (the network's time does not depend on the pixels)."""
-    p = classifier.card.preprocessing
     size = classifier.card.input_size
     rng = np.random.default_rng(0)
     images = [rng.random((size, size), dtype=np.float32) for _ in range(count)]
-    return [to_batch(images[i:i + batch], p.normalization_mean, p.normalization_std, p.residual_channel
-                     ).to(device or torch.device("cpu")) for i in range(0, count, batch)]
+    return [classifier.input_batch(images[i:i + batch]).to(device or torch.device("cpu"))
+            for i in range(0, count, batch)]
 
 
 def raw_timm(classifier: Classifier, ready: list[torch.Tensor]) -> Callable[[], None]:
@@ -123,10 +122,6 @@ def measure(model: str, folder: Path, count: int, repeats: int, compile_too: boo
         for b in ready:
             fast.runner(b)
 
-    def decode_and_prepare() -> None:
-        for path in files:
-            prepare_dataset(dcmread(path), eager.card.preprocessing_spec())
-
     baseline, ort, path = "raw timm, eager float32 (baseline)", "model: onnxruntime", \
         "dfnode path, onnxruntime backend (default)"
     # the ratios that matter, timed in turn so that the machine's load falls on all three alike
@@ -141,7 +136,7 @@ def measure(model: str, folder: Path, count: int, repeats: int, compile_too: boo
         rows.append(("model: torch.compile", rate(count, lambda: [compiled(b) for b in ready], repeats)))
     rows += [
         (ort, paired[ort]),
-        ("read + decode + preprocess only", rate(count, decode_and_prepare, repeats)),
+        ("read + decode + preprocess only", rate(count, lambda: prepare_on_threads(files, eager, 1), repeats)),
         (f"read + decode + preprocess on {THREADS} threads at once",
          rate(count, lambda: prepare_on_threads(files, eager, THREADS), repeats)),
         ("dfnode path, PyTorch backend", rate(count, lambda: score_files(eager, files), repeats)),
@@ -151,9 +146,13 @@ def measure(model: str, folder: Path, count: int, repeats: int, compile_too: boo
 
 
 def prepare_on_threads(files: list[Path], classifier: Classifier, threads: int) -> None:
-    """Read and prepare every file on `threads` threads: how preparation scales, which is what a GPU
-    node's `inference.preparing_threads` relies on."""
+    """Read and prepare every file, on this thread or on `threads` threads at once (how preparation
+    scales, which is what a GPU node's `inference.preparing_threads` relies on)."""
     spec = classifier.card.preprocessing_spec()
+    if threads == 1:
+        for path in files:
+            prepare_dataset(dcmread(path), spec)
+        return
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(lambda path: prepare_dataset(dcmread(path), spec), files))
 
@@ -185,15 +184,12 @@ def measure_gpu(model: str, card: Path, folder: Path, count: int, repeats: int, 
             for b in large:
                 classifier.torch_network(b)
 
-    def decode_and_prepare() -> None:
-        for path in files:
-            prepare_dataset(dcmread(path), classifier.card.preprocessing_spec())
-
     threads = InferenceSettings(device=device, preparing_threads=preparing_threads).preparing_thread_count()
     rows = [
         ("raw timm, eager float32, batch 8 (baseline)", rate(count, raw_forward, repeats)),
         (f"model: channels_last + AMP float16, batch {batch}", rate(count, amp_forward, repeats)),
-        ("read + decode + preprocess only (CPU, one thread)", rate(count, decode_and_prepare, repeats)),
+        ("read + decode + preprocess only (CPU, one thread)",
+         rate(count, lambda: prepare_on_threads(files, classifier, 1), repeats)),
         (f"dfnode path on {torch.cuda.get_device_name(gpu)}, one preparing thread",
          rate(count, lambda: score_files(classifier, files), repeats)),
         (f"dfnode path, PyTorch backend on {torch.cuda.get_device_name(gpu)}, AMP, batch {batch}, "

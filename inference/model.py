@@ -61,11 +61,6 @@ def network_input(batch: torch.Tensor, mean: float, std: float, residual: bool =
     return torch.cat(channels, dim=1).contiguous(memory_format=torch.channels_last)
 
 
-def to_batch(images: list[np.ndarray], mean: float, std: float, residual: bool = False) -> torch.Tensor:
-    """Stack [0, 1] images into the network's input (`network_input`) on the CPU."""
-    return network_input(stack_images(images), mean, std, residual)
-
-
 @dataclass
 class Classifier:
     """A loaded model and its card; `scores` turns prepared images into probabilities."""
