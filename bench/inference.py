@@ -13,8 +13,9 @@ import argparse
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,8 @@ import torch
 from pydicom import dcmread
 
 from bench.common import REPO, median, print_table
-from inference.model import Classifier, load_classifier
+from inference.allocator import reuse_large_buffers
+from inference.model import Classifier, load_classifier, torch_threads_for
 from inference.preprocess import prepare_dataset
 from inference.scoring import score_files
 from node.config import InferenceSettings
@@ -49,6 +51,17 @@ def rate(images: int, run: Callable[[], object], repeats: int) -> float:
         finished()
         seconds.append(time.perf_counter() - started)
     return images / median(seconds)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Torch's intra-op thread count set to `count` inside the block, restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def alternating(images: int, runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -122,11 +135,15 @@ def measure(model: str, folder: Path, count: int, repeats: int, compile_too: boo
         for b in ready:
             fast.runner(b)
 
+    def node_path() -> None:
+        """The path with torch's threads as a node running this model sets them (`torch_threads_for`)."""
+        with torch_threads(torch_threads_for([fast])):
+            score_files(fast, files)
+
     baseline, ort, path = "raw timm, eager float32 (baseline)", "model: onnxruntime", \
         "dfnode path, onnxruntime backend (default)"
     # the ratios that matter, timed in turn so that the machine's load falls on all three alike
-    paired = alternating(count, {baseline: raw_forward, ort: ort_forward, path: lambda: score_files(fast, files)},
-                         repeats)
+    paired = alternating(count, {baseline: raw_forward, ort: ort_forward, path: node_path}, repeats)
     rows: list[tuple[str, float]] = [
         (baseline, paired[baseline]),
         ("model: channels_last + inference_mode", rate(count, tuned_forward, repeats)),
@@ -210,6 +227,7 @@ def main() -> None:
     parser.add_argument("--preparing-threads", type=int, default=0,
                         help="the GPU path's preparing threads (0: the node's default, all cores but one)")
     args = parser.parse_args()
+    reuse_large_buffers()  # as `dfnode` does
     folder = Path(tempfile.mkdtemp(prefix="dfnode-bench-inference-"))
     try:
         rows = [row for model in args.models for row in measure(model, folder, args.images, args.repeats,

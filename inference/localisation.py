@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from scipy.ndimage import label
 
-from inference.preprocess import letterbox_geometry
+from inference.letterbox import letterbox_geometry
 
 FLAT_MAP = 1e-6  # logit spread below which a map points nowhere (numerical noise)
 

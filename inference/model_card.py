@@ -23,7 +23,8 @@ class CardPreprocessing(BaseModel):
     percentile_low: float = 0.5
     percentile_high: float = 99.5
     photometric: str = "MONOCHROME1 inverted; bright means dense"
-    resize: str = "aspect-preserving, zero-padded to a square"
+    resize: str = ("box-averaged by a whole factor to at least twice the input, then bilinear (antialiased); "
+                   "aspect-preserving, zero-padded to a square")
     normalization_mean: float = 0.5
     normalization_std: float = 0.25
     residual_channel: bool = False  # a second input channel: the noise residual (inference.model)

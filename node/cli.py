@@ -8,6 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from inference.allocator import reuse_large_buffers
 from node.errors import ConfigError, DfnodeError
 
 DEFAULT_CONFIG = Path("config.yaml")
@@ -284,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    reuse_large_buffers()
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from pydicom.uid import generate_uid
 
-from inference.model import Classifier, load_classifier
+from inference.model import Classifier, load_classifier, torch_threads_for
 from node.audit import Audit
 from node.config import Config
 from node.db import Database
@@ -63,6 +63,7 @@ def load_models(config: Config) -> dict[str, Classifier]:
     classifiers = {name: load_classifier(ref.card, inference.device, inference.batch_size, inference.backend,
                                          config.storage.model_cache_dir, inference.threads)
                    for name, ref in config.routed_models().items()}
+    torch.set_num_threads(torch_threads_for(list(classifiers.values()), inference.threads))
     for warning in weak_model_warnings(classifiers):
         log.warning(warning)
     return classifiers

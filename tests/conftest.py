@@ -15,6 +15,16 @@ from tests.models import TEST_INPUT_SIZE, write_test_model
 __all__ = ["TEST_INPUT_SIZE", "write_test_model"]
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_restored() -> Iterator[None]:
+    """Loading a node's models may set torch's thread count for the process; the next test gets it back."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("weights")

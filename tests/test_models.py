@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from inference.model import load_classifier
+from inference.model import load_classifier, torch_threads_for
 from inference.model_card import read_card
 from inference.weights import MAX_SHARD_BYTES, weight_files
 from node.errors import ModelLoadError
-from node.service import Node
+from node.service import Node, load_models
 from tests.conftest import node_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +63,19 @@ def test_onnxruntime_backend_scores_as_pytorch_does(model_dir: Path, tmp_path: P
     assert load_classifier(model_dir / "knee.json", backend="auto", cache_dir=tmp_path).backend == "onnxruntime"
     with pytest.raises(ModelLoadError, match="runs on the CPU"):
         load_classifier(model_dir / "knee.json", device="cuda", backend="onnxruntime")
+
+
+def test_torch_runs_one_thread_where_onnxruntime_runs_every_model(model_dir: Path, tmp_path: Path) -> None:
+    """torch then only builds the models' inputs; its idle threads would spin on onnxruntime's cores."""
+    eager = load_classifier(model_dir / "knee.json", backend="torch")
+    fast = load_classifier(model_dir / "knee.json", backend="onnxruntime", cache_dir=tmp_path)
+    assert torch_threads_for([fast, fast], configured=2) == 1
+    assert torch_threads_for([fast, eager], configured=3) == 3
+    torch.set_num_threads(2)
+    load_models(node_config(tmp_path / "torch", model_dir, inference={"backend": "torch"}))
+    assert torch.get_num_threads() == 2
+    load_models(node_config(tmp_path / "ort", model_dir, inference={"backend": "onnxruntime"}))
+    assert torch.get_num_threads() == 1
 
 
 def test_missing_shard_is_named(model_copy: Path) -> None:

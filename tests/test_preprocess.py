@@ -5,13 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
+import torch
 
+from inference.letterbox import fit_to_square, letterbox_geometry, reduction_factor
+from inference.pixels import native_frames, stored_frames
 from inference.preprocess import (
     Preprocessing,
-    fit_to_square,
     frames_in_modality_units,
+    percentiles,
     prepare_dataset,
+    prepare_values,
     to_unit_range,
+    window_bounds,
 )
 from node.errors import NotEvaluable
 from tests.helpers import real_file
@@ -124,3 +129,86 @@ def test_rescale_that_overflows_is_refused(slope, intercept, refused: bool) -> N
             frames_in_modality_units(ds)
     else:
         assert np.isfinite(frames_in_modality_units(ds)[0]).all()
+
+
+NATIVE_FILES = [
+    "RG1_UNCR.dcm", "RG3_UNCR.dcm", "CT_small.dcm", "MR_small.dcm", "emri_small.dcm", "eCT_Supplemental.dcm",
+]
+
+
+@pytest.mark.parametrize("name", NATIVE_FILES)
+def test_uncompressed_pixels_are_read_as_pydicom_decodes_them(name: str) -> None:
+    ds = pydicom.dcmread(real_file(name))
+    native = native_frames(ds)
+    assert native is not None
+    np.testing.assert_array_equal(native, ds.pixel_array.reshape(native.shape))
+
+
+def test_set_bits_above_bits_stored_are_masked_as_pydicom_does() -> None:
+    ds = pydicom.dcmread(real_file("emri_small.dcm"))  # 12 bits stored in 16, unsigned
+    assert (ds.BitsStored, ds.BitsAllocated, ds.PixelRepresentation) == (12, 16, 0)
+    clean = ds.pixel_array.copy()
+    dirty = np.frombuffer(ds.PixelData, dtype="<u2").copy()
+    dirty[::7] |= 0x8000  # an overlay or junk in the unused high bit
+    ds.PixelData = dirty.tobytes()
+    assert native_frames(ds) is None
+    np.testing.assert_array_equal(stored_frames(ds).reshape(clean.shape), clean)
+
+
+def test_signed_values_outside_bits_stored_are_sign_extended_as_pydicom_does() -> None:
+    ds = pydicom.dcmread(real_file("CT_small.dcm"))
+    ds.BitsStored, ds.HighBit = 12, 11
+    ds.PixelData = (np.clip(ds.pixel_array, -2048, 2047).astype("<i2") | np.int16(0x7000)).tobytes()
+    assert native_frames(ds) is None
+    assert stored_frames(ds).max() < 2048 and stored_frames(ds).min() >= -2048
+
+
+@pytest.mark.parametrize(("name", "prep", "slope", "intercept"), [
+    ("RG1_UNCR.dcm", Preprocessing("xray", 160), None, None),
+    ("RG3_UNCR.dcm", Preprocessing("xray", 160), 0.7, -33.3),
+    ("CT_small.dcm", CT, None, None),
+    ("CT_small.dcm", Preprocessing("ct", 32, window_center=40, window_width=80), 0.37, -1024),
+    ("eCT_Supplemental.dcm", Preprocessing("ct", 160), None, None),
+    ("emri_small.dcm", XRAY, None, None),
+])
+def test_stored_values_route_gives_the_modality_values_route_within_one_stored_step(
+        name: str, prep: Preprocessing, slope: float | None, intercept: float | None) -> None:
+    """Integer pixels are windowed on the stored values after box averaging; that must give the input
+    of windowing the full-size modality values (to within one stored value's step)."""
+    ds = pydicom.dcmread(real_file(name))
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    monochrome1 = ds.PhotometricInterpretation == "MONOCHROME1"
+    fast = [frame.pixels for frame in prepare_dataset(ds, prep)]
+    full = [prepare_values(values, prep, monochrome1) for values in frames_in_modality_units(ds)]
+    _, width = window_bounds(frames_in_modality_units(ds)[0], prep)
+    step = (slope or float(ds.get("RescaleSlope", 1.0))) / width  # one stored value, in [0, 1] units
+    assert len(fast) == len(full)
+    for a, b in zip(fast, full, strict=True):
+        np.testing.assert_allclose(a, b, atol=step + 1e-5)
+
+
+def test_box_averaging_before_the_resize_stays_close_to_filtering_the_whole_image() -> None:
+    """A large radiograph is box-averaged before the antialiasing resize; the input it gives stays within
+    a small fraction of a grey level of resizing the whole image (what PyTorch's antialiasing filter does)."""
+    ds = pydicom.dcmread(real_file("RG1_UNCR.dcm"))
+    image = to_unit_range(frames_in_modality_units(ds)[0], XRAY)
+    size = 160
+    assert reduction_factor(image.shape, size) == 6
+    scale, top, left = letterbox_geometry(image.shape, size)
+    nh, nw = round(image.shape[0] * scale), round(image.shape[1] * scale)
+    whole = torch.nn.functional.interpolate(torch.from_numpy(image)[None, None], size=(nh, nw), mode="bilinear",
+                                            antialias=True, align_corners=False)[0, 0].numpy()
+    ours = fit_to_square(image, size)[top:top + nh, left:left + nw]
+    assert np.abs(ours - whole).mean() < 2e-3
+    assert np.abs(ours - whole).max() < 0.05
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
+def test_percentiles_are_numpys(dtype) -> None:
+    rng = np.random.default_rng(7)
+    for size in (1, 2, 3, 17, 1000, 262_144):
+        top = np.iinfo(dtype).max if np.dtype(dtype).kind == "u" else 4096
+        values = rng.integers(0, top, size=size, endpoint=True).astype(dtype)
+        qs = (0.0, 0.5, 37.3, 99.5, 100.0)
+        np.testing.assert_allclose(percentiles(values, qs), np.percentile(values, qs), rtol=0, atol=1e-9)

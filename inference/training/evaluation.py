@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from inference.letterbox import fit_to_square
 from inference.model import Classifier, network_input, stack_images
-from inference.preprocess import Preprocessing, fit_to_square, to_unit_range
+from inference.preprocess import Preprocessing, to_unit_range
 from inference.training.augment import BENIGN, benign_degrade
 from inference.training.datasets import Sample, load_values
 from inference.training.metrics import at_threshold, roc_auc

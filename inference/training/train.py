@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from inference.letterbox import fit_to_square
 from inference.model import build_network, network_input, stack_images, torch_device
 from inference.model_card import CardPreprocessing, ModelCard, write_card
-from inference.preprocess import Preprocessing, fit_to_square, to_unit_range
+from inference.preprocess import Preprocessing, to_unit_range
 from inference.training.augment import augment
 from inference.training.datasets import Sample, load_samples
 from inference.training.evaluation import (

@@ -1,0 +1,67 @@
+"""A dataset's stored pixel values, one 2-D array per frame.
+
+Uncompressed little-endian data is read straight from the element's bytes (no copy, no decoder);
+everything else, and native data whose unused high bits are not clear, goes through pydicom's
+decoders, which mask those bits. Both give the same numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from node.errors import NotEvaluable
+
+_NATIVE_LITTLE_ENDIAN = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
+# (Bits Allocated, Pixel Representation) -> the stored values' type
+_NATIVE_TYPES: dict[tuple[int, int], np.dtype] = {
+    (8, 0): np.dtype("u1"), (8, 1): np.dtype("i1"), (16, 0): np.dtype("<u2"), (16, 1): np.dtype("<i2"),
+}
+
+
+def stored_frames(ds: Dataset) -> np.ndarray:
+    """Stored values as (frames, rows, columns); `NotEvaluable` when the pixel data cannot be decoded."""
+    native = native_frames(ds)
+    if native is not None:
+        return native
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # decoders raise many types; the reason is what users need
+        raise NotEvaluable(f"pixel data cannot be decoded: {exc}") from exc
+    if int(ds.get("NumberOfFrames", 1) or 1) == 1 and pixels.ndim == 2:
+        pixels = pixels[np.newaxis]
+    if pixels.ndim != 3:
+        raise NotEvaluable(f"unexpected pixel array shape {pixels.shape}")
+    return pixels
+
+
+def native_frames(ds: Dataset) -> np.ndarray | None:
+    """A read-only view of uncompressed little-endian 8- or 16-bit pixel data, or None where only
+    pydicom's decoders give the right values (other encodings, short data, set bits above Bits Stored)."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
+        return None
+    try:
+        allocated, stored = int(ds.BitsAllocated), int(ds.BitsStored)
+        dtype = _NATIVE_TYPES.get((allocated, int(ds.PixelRepresentation)))
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        high_bit = int(ds.HighBit)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    data = ds.PixelData
+    if dtype is None or high_bit != stored - 1 or not 0 < stored <= allocated or not isinstance(data, bytes):
+        return None
+    count = rows * columns * frames
+    if rows < 1 or columns < 1 or frames < 1 or len(data) < count * dtype.itemsize:
+        return None
+    pixels = np.frombuffer(data, dtype=dtype, count=count).reshape(frames, rows, columns)
+    return pixels if stored == allocated or _within_stored_bits(pixels, stored) else None
+
+
+def _within_stored_bits(pixels: np.ndarray, stored: int) -> bool:
+    """True when every value already is what its low `stored` bits mean (nothing to mask or sign-extend)."""
+    if pixels.dtype.kind == "u":
+        return int(pixels.max()) < 1 << stored
+    return -(1 << (stored - 1)) <= int(pixels.min()) and int(pixels.max()) < 1 << (stored - 1)
