@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
-from pydicom import dcmread
 
 from bench.common import REPO, median, print_table
 from inference.allocator import reuse_large_buffers
 from inference.model import Classifier, load_classifier, torch_threads_for
+from inference.pixels import read_image
 from inference.preprocess import prepare_dataset
 from inference.scoring import score_files
 from node.config import InferenceSettings
@@ -168,10 +168,10 @@ def prepare_on_threads(files: list[Path], classifier: Classifier, threads: int) 
     spec = classifier.card.preprocessing_spec()
     if threads == 1:
         for path in files:
-            prepare_dataset(dcmread(path), spec)
+            prepare_dataset(read_image(path), spec)
         return
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(lambda path: prepare_dataset(dcmread(path), spec), files))
+        list(pool.map(lambda path: prepare_dataset(read_image(path), spec), files))
 
 
 def summary(model: str, rows: list[tuple[str, float]]) -> list[list[str]]:

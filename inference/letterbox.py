@@ -33,6 +33,46 @@ def reduced(image: np.ndarray, factor: int) -> np.ndarray:
     return np.array(_float_image(image).reduce(factor))
 
 
+def clipped_box_means(image: np.ndarray, factor: int, low: int, high: int) -> np.ndarray:
+    """`reduced(np.clip(image, low, high), factor)` for integer images, summed exactly in integers:
+    first each box column's `factor` rows (in 16 bits where the clipped values allow), then the
+    columns. No full-size clipped or float copy: on a radiograph, a third less time than the float route."""
+    if factor == 1:
+        return np.clip(image, low, high).astype(np.float32)
+    h, w = image.shape
+    rows, cols = -(-h // factor), -(-w // factor)
+    largest = max(abs(low), abs(high))
+    row_sums = np.empty((rows, w), _integer_holding(largest * factor, signed=image.dtype.kind == "i"))
+    np.clip(image[0::factor], low, high, out=row_sums)
+    clipped = np.empty((rows, w), image.dtype)
+    for phase in range(1, factor):
+        part = image[phase::factor]
+        n = part.shape[0]
+        np.clip(part, low, high, out=clipped[:n])
+        row_sums[:n] += clipped[:n]
+    sums = row_sums[:, 0::factor].astype(_integer_holding(largest * factor * factor, signed=True))
+    for phase in range(1, factor):
+        part = row_sums[:, phase::factor]
+        sums[:, :part.shape[1]] += part
+    means = sums.astype(np.float32)
+    means /= np.outer(_box_sizes(h, factor, rows), _box_sizes(w, factor, cols))
+    return means
+
+
+def _integer_holding(largest: int, signed: bool) -> type[np.integer]:
+    """The narrowest of 16, 32 and 64 bits whose integers reach `largest` (and its negative if `signed`)."""
+    if largest <= (32767 if signed else 65535):
+        return np.int16 if signed else np.uint16
+    return np.int32 if largest <= 2**31 - 1 else np.int64
+
+
+def _box_sizes(length: int, factor: int, boxes: int) -> np.ndarray:
+    """How many pixels each box holds along one axis (the last may be short)."""
+    sizes = np.full(boxes, factor, np.float32)
+    sizes[-1] = length - (boxes - 1) * factor
+    return sizes
+
+
 def into_square(small: np.ndarray, factor: int, source_shape: tuple[int, int], size: int) -> np.ndarray:
     """The `reduced` image of a `source_shape` image resized into the centre of a zero square of
     side `size`, values clipped to [0, 1]."""

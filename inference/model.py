@@ -129,7 +129,7 @@ class Classifier:
 
 
 def torch_threads_for(classifiers: list[Classifier], configured: int = 0) -> int:
-    """Torch's intra-op threads for a process running these models: `configured` (0: all cores) while
+    """Torch's intra-op threads for a process running these models: `configured` (0: as it is now) while
     any model runs on PyTorch; one when onnxruntime runs them all and torch only builds their inputs,
     so that torch's OpenMP threads do not spin on the cores onnxruntime needs (the knee path about 15%
     faster on 2 cores; bench/inference.py)."""

@@ -25,7 +25,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
-from inference.letterbox import fit_to_square, into_square, reduced, reduction_factor
+from inference.letterbox import clipped_box_means, fit_to_square, into_square, reduction_factor
 from inference.pixels import stored_frames
 from node.errors import NotEvaluable
 
@@ -229,7 +229,7 @@ def _prepare_stored(frame: np.ndarray, rescale: tuple[float, float], prep: Prepr
     first = min(max(math.floor((low - intercept) / slope), limits.min), limits.max)
     last = min(max(math.ceil((low + width - intercept) / slope), limits.min), limits.max)
     factor = reduction_factor(frame.shape, prep.input_size)  # type: ignore[arg-type]
-    small = reduced(np.clip(frame, first, last), factor)
+    small = clipped_box_means(frame, factor, first, last)
     small *= np.float32(slope / width)
     small += np.float32((intercept - low) / width)
     np.clip(small, 0.0, 1.0, out=small)

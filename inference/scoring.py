@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 
 from inference.localisation import Box
 from inference.model import Classifier
+from inference.pixels import drop_unread_values, read_image
 from inference.preprocess import prepare_dataset
 from inference.slices import neighbour_positions, sampled_positions, slice_order
 from node.errors import NotEvaluable
@@ -103,7 +104,7 @@ def _prepare_chunk(paths: list[Path], classifier: Classifier) -> _PreparedChunk:
     chunk = _PreparedChunk([], [], [], [], [])
     for path in paths:
         try:
-            ds = dcmread(path)
+            ds = read_image(path)
             uid = str(ds.SOPInstanceUID)
         except Exception as exc:  # a spooled file that cannot be read is reported, not raised
             chunk.failures.append(ImageResult(path.stem, None, None, f"cannot be read: {exc}"))
@@ -120,6 +121,7 @@ def _prepare_chunk(paths: list[Path], classifier: Classifier) -> _PreparedChunk:
         for keyword in _PIXEL_KEYWORDS:  # keep the series' memory to headers
             if keyword in ds:
                 del ds[keyword]
+        drop_unread_values(ds)
         chunk.headers.append(ds)
     if chunk.images:
         chunk.batch = classifier.input_batch(chunk.images)

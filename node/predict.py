@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import UnidentifiedImageError
-from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from inference.model import Classifier, load_classifier
+from inference.pixels import read_image
 from inference.preprocess import png_in_modality_units, prepare_dataset, prepare_values
 from inference.scoring import Verdict, verdict_for
 from node.config import Config
@@ -82,7 +82,7 @@ def check_file(path: Path, models: Models, model: str | None = None) -> FileChec
             prepared: list[tuple[int | None, np.ndarray, tuple[int, ...]]] = [
                 (None, prepare_values(values, prep), values.shape)]
         else:
-            ds = dcmread(path)
+            ds = read_image(path)
             name = model
             if name is None:
                 route = route_for(models.config.routes, SeriesTags.from_dataset(ds, ""))

@@ -7,8 +7,8 @@ import pydicom
 import pytest
 import torch
 
-from inference.letterbox import fit_to_square, letterbox_geometry, reduction_factor
-from inference.pixels import native_frames, stored_frames
+from inference.letterbox import clipped_box_means, fit_to_square, letterbox_geometry, reduced, reduction_factor
+from inference.pixels import drop_unread_values, native_frames, read_image, stored_frames
 from inference.preprocess import (
     Preprocessing,
     frames_in_modality_units,
@@ -19,7 +19,7 @@ from inference.preprocess import (
     window_bounds,
 )
 from node.errors import NotEvaluable
-from tests.helpers import real_file
+from tests.helpers import copy_with_new_uids, real_file
 
 XRAY = Preprocessing("xray", 64)
 CT = Preprocessing("ct", 64, window_center=-600, window_width=1500)
@@ -202,6 +202,46 @@ def test_box_averaging_before_the_resize_stays_close_to_filtering_the_whole_imag
     ours = fit_to_square(image, size)[top:top + nh, left:left + nw]
     assert np.abs(ours - whole).mean() < 2e-3
     assert np.abs(ours - whole).max() < 0.05
+
+
+@pytest.mark.parametrize(("dtype", "low", "high"), [
+    (np.uint8, 10, 240),  # row sums in 16 bits
+    (np.uint16, 100, 4000),  # a 12-bit window: 16 bits
+    (np.uint16, 1776, 23586),  # RG1_UNCR's window: 32 bits
+    (np.int16, -1200, 300),  # signed CT values
+    (np.uint16, 0, 65535),  # nothing clipped, widest values
+])
+@pytest.mark.parametrize("factor", [1, 2, 6, 7])
+def test_integer_box_means_equal_averaging_the_clipped_image(dtype, low: int, high: int, factor: int) -> None:
+    """The integer box sums give what Pillow's averaging of the clipped image gives, edge boxes included
+    (203 x 157 leaves short boxes at the bottom and right for every factor but 1)."""
+    info = np.iinfo(dtype)
+    image = np.random.default_rng(factor).integers(info.min, info.max, size=(203, 157), endpoint=True).astype(dtype)
+    ours = clipped_box_means(image, factor, low, high)
+    pillow = reduced(np.clip(image, low, high).astype(np.float32), factor)
+    assert ours.shape == pillow.shape == (-(-203 // factor), -(-157 // factor))
+    np.testing.assert_allclose(ours, pillow, rtol=1e-6, atol=1e-3)
+
+
+def test_pixels_mapped_from_the_file_are_pydicoms(tmp_path) -> None:
+    """`read_image` leaves a radiograph's pixel data in the file and maps it; same values, and the header
+    kept for the report holds nothing that would read the file again."""
+    path = copy_with_new_uids(real_file("RG1_UNCR.dcm"), tmp_path)
+    ds = read_image(path)
+    assert ds.get_item("PixelData", keep_deferred=True).value is None  # not read with the header
+    native = native_frames(ds)
+    assert native is not None
+    np.testing.assert_array_equal(native[0], pydicom.dcmread(path).pixel_array)
+    drop_unread_values(ds)
+    assert "PixelData" not in ds and ds.SOPInstanceUID
+
+
+def test_a_file_removed_before_its_pixels_are_read_is_not_evaluable(tmp_path) -> None:
+    path = copy_with_new_uids(real_file("RG1_UNCR.dcm"), tmp_path)
+    ds = read_image(path)
+    path.unlink()
+    with pytest.raises(NotEvaluable, match="cannot be decoded"):
+        prepare_dataset(ds, XRAY)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
