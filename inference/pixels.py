@@ -35,8 +35,15 @@ def read_image(path: Path) -> Dataset:
     return dcmread(path, defer_size=MAPPED_FROM)
 
 
-def drop_unread_values(ds: Dataset) -> None:
-    """Remove the values `read_image` left in the file, so that a kept header never reads its file again."""
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def keep_header_only(ds: Dataset) -> None:
+    """Remove the pixel data and any value `read_image` left in the file: what is kept of an image
+    after preparing it takes little memory and never reads its file again."""
+    for keyword in _PIXEL_KEYWORDS:
+        if keyword in ds:
+            del ds[keyword]
     for tag in list(ds.keys()):
         element = ds.get_item(tag, keep_deferred=True)
         if isinstance(element, RawDataElement) and element.value is None:

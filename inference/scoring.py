@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 
 from inference.localisation import Box
 from inference.model import Classifier
-from inference.pixels import drop_unread_values, read_image
+from inference.pixels import keep_header_only, read_image
 from inference.preprocess import prepare_dataset
 from inference.slices import neighbour_positions, sampled_positions, slice_order
 from node.errors import NotEvaluable
@@ -82,9 +82,6 @@ def verdict_for(score: float | None, threshold: float) -> Verdict:
     return Verdict.SUSPECTED if score >= threshold else Verdict.NOT_SUSPECTED
 
 
-_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-
-
 @dataclass
 class _PreparedChunk:
     """Some files of a series read and prepared: model inputs, what they are, and what failed."""
@@ -118,10 +115,7 @@ def _prepare_chunk(paths: list[Path], classifier: Classifier) -> _PreparedChunk:
             chunk.failures.append(ImageResult(uid, None, None, str(exc)))
         except Exception as exc:  # malformed attributes surface as many types; one image never fails a series
             chunk.failures.append(ImageResult(uid, None, None, f"cannot be prepared: {exc.__class__.__name__}: {exc}"))
-        for keyword in _PIXEL_KEYWORDS:  # keep the series' memory to headers
-            if keyword in ds:
-                del ds[keyword]
-        drop_unread_values(ds)
+        keep_header_only(ds)  # keep the series' memory to headers
         chunk.headers.append(ds)
     if chunk.images:
         chunk.batch = classifier.input_batch(chunk.images)
