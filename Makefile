@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.receive
 	$(BIN)/python -m bench.end_to_end
 	$(BIN)/python -m bench.memory
+	$(BIN)/python -m bench.synth
 
 lint: $(STAMP)
 	$(BIN)/ruff check scp inference sr node tests bench

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from inference.training.gan import GAN_FAMILY
-from inference.training.synth import SynthSpec, synthesise
+from inference.training.synth import SynthSpec, synthesise, worker_pool
 
 FAST_GAN = {"gan_steps": 20, "gan_sources": 16}  # a barely trained GAN: enough to check the plumbing
 
@@ -62,3 +63,21 @@ def test_labels_and_boxes(tmp_path: Path, kind: str) -> None:
 def test_unknown_family_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown manipulation family ct_lesion_inject for xray"):
         synthesise(SynthSpec("xray", 2, families=("ct_lesion_inject",)), tmp_path, progress=False)
+
+
+def _torch_threads(_: int) -> int:
+    return torch.get_num_threads()
+
+
+def test_pool_workers_run_torch_on_one_thread() -> None:
+    """Each of synth's worker processes runs torch on one thread, whatever this process uses: a pool
+    as wide as the machine in every worker oversubscribes the cores (bench/synth.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pool = worker_pool(2)
+        assert pool is not None and worker_pool(1) is None
+        with pool:
+            assert set(pool.map(_torch_threads, range(8))) == {1}
+    finally:
+        torch.set_num_threads(before)

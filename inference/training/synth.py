@@ -147,12 +147,24 @@ def _make_pair_job(args: tuple[SynthSpec, int, Path, GanSynthesiser | None]) -> 
     return make_pair(*args)
 
 
+def single_threaded_worker() -> None:
+    """Initialiser of synth's pool processes: torch on one thread. Each process would otherwise start
+    an intra-op pool as wide as the machine (for the GAN's generator), and `workers` such pools
+    oversubscribe the cores (measured on 16 cores: bench/synth.py)."""
+    torch.set_num_threads(1)
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor | None:
+    """The process pool of a synth run, or None for `workers` <= 1 (everything in this process)."""
+    return ProcessPoolExecutor(workers, initializer=single_threaded_worker) if workers > 1 else None
+
+
 def synthesise(spec: SynthSpec, out_dir: Path, workers: int = 1, progress: bool = True,
                device: torch.device | None = None) -> Path:
     """Write `spec.count` pairs under `out_dir` and the manifest `out_dir/manifest.csv`; the GAN (when
     the run makes the gan family) trains on `device`, the CPU by default."""
     (out_dir / spec.kind).mkdir(parents=True, exist_ok=True)
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    pool = worker_pool(workers)
     try:
         def mapper(job: Callable, args: list) -> Iterator:
             return pool.map(job, args, chunksize=8) if pool is not None else map(job, args)
