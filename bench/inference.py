@@ -26,6 +26,7 @@ from bench.common import REPO, median, print_table
 from inference.allocator import reuse_large_buffers
 from inference.model import Classifier, load_classifier, torch_threads_for
 from inference.pixels import read_image
+from inference.preparing import PreparingProcesses
 from inference.preprocess import prepare_dataset
 from inference.scoring import score_files
 from node.config import InferenceSettings
@@ -144,6 +145,7 @@ def measure(model: str, folder: Path, count: int, repeats: int, compile_too: boo
         "dfnode path, onnxruntime backend (default)"
     # the ratios that matter, timed in turn so that the machine's load falls on all three alike
     paired = alternating(count, {baseline: raw_forward, ort: ort_forward, path: node_path}, repeats)
+    processes = PreparingProcesses(THREADS)
     rows: list[tuple[str, float]] = [
         (baseline, paired[baseline]),
         ("model: channels_last + inference_mode", rate(count, tuned_forward, repeats)),
@@ -156,9 +158,12 @@ def measure(model: str, folder: Path, count: int, repeats: int, compile_too: boo
         ("read + decode + preprocess only", rate(count, lambda: prepare_on_threads(files, eager, 1), repeats)),
         (f"read + decode + preprocess on {THREADS} threads at once",
          rate(count, lambda: prepare_on_threads(files, eager, THREADS), repeats)),
+        (f"read + decode + preprocess in {THREADS} processes at once",
+         rate(count, lambda: prepare_in_processes(files, eager, processes), repeats)),
         ("dfnode path, PyTorch backend", rate(count, lambda: score_files(eager, files), repeats)),
         (path, paired[path]),
     ]
+    processes.close()
     return summary(model, rows)
 
 
@@ -172,6 +177,15 @@ def prepare_on_threads(files: list[Path], classifier: Classifier, threads: int) 
         return
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(lambda path: prepare_dataset(read_image(path), spec), files))
+
+
+def prepare_in_processes(files: list[Path], classifier: Classifier, processes: PreparingProcesses) -> None:
+    """Read and prepare every file in the preparing processes, a batch of files per task (what a node
+    with `inference.preparing_in: processes` does)."""
+    spec = classifier.card.preprocessing_spec()
+    parts = [files[i:i + BATCH] for i in range(0, len(files), BATCH)]
+    for future, part in [(processes.submit(part, spec), part) for part in parts]:
+        processes.result(future, part, spec)
 
 
 def summary(model: str, rows: list[tuple[str, float]]) -> list[list[str]]:
@@ -202,6 +216,7 @@ def measure_gpu(model: str, card: Path, folder: Path, count: int, repeats: int, 
                 classifier.torch_network(b)
 
     threads = InferenceSettings(device=device, preparing_threads=preparing_threads).preparing_thread_count()
+    processes = PreparingProcesses(threads)
     rows = [
         ("raw timm, eager float32, batch 8 (baseline)", rate(count, raw_forward, repeats)),
         (f"model: channels_last + AMP float16, batch {batch}", rate(count, amp_forward, repeats)),
@@ -211,7 +226,10 @@ def measure_gpu(model: str, card: Path, folder: Path, count: int, repeats: int, 
          rate(count, lambda: score_files(classifier, files), repeats)),
         (f"dfnode path, PyTorch backend on {torch.cuda.get_device_name(gpu)}, AMP, batch {batch}, "
          f"{threads} preparing threads", rate(count, lambda: score_files(classifier, files, 1, threads), repeats)),
+        (f"dfnode path, PyTorch backend on {torch.cuda.get_device_name(gpu)}, AMP, batch {batch}, "
+         f"{threads} preparing processes", rate(count, lambda: score_files(classifier, files, 1, processes), repeats)),
     ]
+    processes.close()
     return summary(model, rows)
 
 

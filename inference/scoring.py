@@ -3,39 +3,27 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
-import torch
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from inference.localisation import Box
 from inference.model import Classifier
-from inference.pixels import keep_header_only, read_image
-from inference.preprocess import prepare_dataset
+from inference.preparing import ImageResult, PreparedFiles, PreparingProcesses, prepare_files
 from inference.slices import neighbour_positions, sampled_positions, slice_order
-from node.errors import NotEvaluable
 
 
 class Verdict(StrEnum):
     SUSPECTED = "SUSPECTED"
     NOT_SUSPECTED = "NOT SUSPECTED"
     NOT_EVALUATED = "NOT EVALUATED"
-
-
-@dataclass(frozen=True)
-class ImageResult:
-    """The result for one image (one frame of a multi-frame image has its own)."""
-
-    sop_instance_uid: str
-    frame_number: int | None
-    score: float | None  # probability in [0, 1]; None when not evaluated
-    reason: str | None = None  # why not evaluated
 
 
 @dataclass(frozen=True)
@@ -82,44 +70,12 @@ def verdict_for(score: float | None, threshold: float) -> Verdict:
     return Verdict.SUSPECTED if score >= threshold else Verdict.NOT_SUSPECTED
 
 
-@dataclass
-class _PreparedChunk:
-    """Some files of a series read and prepared: model inputs, what they are, and what failed."""
-
-    keys: list[tuple[str, int | None]]  # (SOP Instance UID, frame number) per image
-    images: list[np.ndarray]
-    shapes: list[tuple[int, int]]
-    failures: list[ImageResult]
-    headers: list[Dataset]
-    batch: torch.Tensor | None = None  # the images as the network's input
-
-
-def _prepare_chunk(paths: list[Path], classifier: Classifier) -> _PreparedChunk:
-    """Read and prepare files, and make the network's input batch of them; unusable images become
-    failures, never exceptions."""
-    prep = classifier.card.preprocessing_spec()
-    chunk = _PreparedChunk([], [], [], [], [])
-    for path in paths:
-        try:
-            ds = read_image(path)
-            uid = str(ds.SOPInstanceUID)
-        except Exception as exc:  # a spooled file that cannot be read is reported, not raised
-            chunk.failures.append(ImageResult(path.stem, None, None, f"cannot be read: {exc}"))
-            continue
-        try:
-            for frame in prepare_dataset(ds, prep):
-                chunk.keys.append((uid, frame.frame_number))
-                chunk.images.append(frame.pixels)
-                chunk.shapes.append(frame.source_shape)
-        except NotEvaluable as exc:
-            chunk.failures.append(ImageResult(uid, None, None, str(exc)))
-        except Exception as exc:  # malformed attributes surface as many types; one image never fails a series
-            chunk.failures.append(ImageResult(uid, None, None, f"cannot be prepared: {exc.__class__.__name__}: {exc}"))
-        keep_header_only(ds)  # keep the series' memory to headers
-        chunk.headers.append(ds)
-    if chunk.images:
-        chunk.batch = classifier.input_batch(chunk.images)
-    return chunk
+def _prepare_with_batch(paths: list[Path], classifier: Classifier) -> PreparedFiles:
+    """`prepare_files` and the network's input batch of what it prepared (on a preparing thread)."""
+    prepared = prepare_files(paths, classifier.card.preprocessing_spec())
+    if prepared.images:
+        prepared.batch = classifier.input_batch(prepared.images)
+    return prepared
 
 
 _Top = tuple[float, tuple[str, int | None], np.ndarray, tuple[int, int]]  # the most suspicious image
@@ -142,36 +98,37 @@ class _Scored:
             self.top = other.top
 
 
-def score_files(classifier: Classifier, paths: Iterable[Path], slice_stride: int = 1, preparing_threads: int = 1
-                ) -> tuple[SeriesResult, list[Dataset]]:
+def score_files(classifier: Classifier, paths: Iterable[Path], slice_stride: int = 1,
+                preparing: int | PreparingProcesses = 1) -> tuple[SeriesResult, list[Dataset]]:
     """Evaluate the DICOM files of one series; unusable images are reported, never raised.
 
     Each file is read once; its header (the dataset without pixel data) comes back for the report.
     With `slice_stride` n > 1, every n-th slice and the neighbours of suspicious ones are scored
     (`inference.slices`); the others are reported as not evaluated, with the stride as the reason.
-    `preparing_threads` read and prepare the next batches while the model scores one."""
+    `preparing` threads (a number), or the node's preparing processes, read and prepare the next
+    batches while the model scores one."""
     files = list(paths)
     if slice_stride > 1 and len(files) > slice_stride:
-        scored = _score_strided(classifier, files, slice_stride, preparing_threads)
+        scored = _score_strided(classifier, files, slice_stride, preparing)
     else:
-        scored = _score_paths(classifier, files, preparing_threads)
+        scored = _score_paths(classifier, files, preparing)
     return _series_result(classifier, scored), scored.headers
 
 
-def _score_paths(classifier: Classifier, files: list[Path], preparing_threads: int = 1) -> _Scored:
-    """Score files in batches. The next batches (one per preparing thread) are read and prepared while
-    the model scores this one, in order, and only the most suspicious image is kept, so a long series
-    costs a few batches of images in memory."""
+def _score_paths(classifier: Classifier, files: list[Path], preparing: int | PreparingProcesses = 1) -> _Scored:
+    """Score files in batches. The next batches (one per preparing thread or process) are read and
+    prepared while the model scores this one, in order, and only the most suspicious image is kept, so
+    a long series costs a few batches of images in memory."""
     parts = [files[i:i + classifier.batch_size] for i in range(0, len(files), classifier.batch_size)]
-    ahead = max(1, preparing_threads)
     scored = _Scored([], [], [], None)
-    with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="prepare") as pool:
-        upcoming = deque(pool.submit(_prepare_chunk, part, classifier) for part in parts[:ahead])
+    with _preparer(classifier, preparing) as (ahead, start):
+        upcoming = deque(start(part) for part in parts[:ahead])
         for n in range(len(parts)):
-            chunk = upcoming.popleft().result()
+            chunk = upcoming.popleft()()
             if n + ahead < len(parts):
-                upcoming.append(pool.submit(_prepare_chunk, parts[n + ahead], classifier))
-            probabilities = (classifier.batch_scores(chunk.batch) if chunk.batch is not None
+                upcoming.append(start(parts[n + ahead]))
+            batch = chunk.batch if chunk.batch is not None or not chunk.images else classifier.input_batch(chunk.images)
+            probabilities = (classifier.batch_scores(batch) if batch is not None
                              else np.zeros(0, dtype=np.float32))
             top = None
             if len(probabilities):
@@ -183,19 +140,39 @@ def _score_paths(classifier: Classifier, files: list[Path], preparing_threads: i
     return scored
 
 
-def _score_strided(classifier: Classifier, files: list[Path], stride: int, preparing_threads: int) -> _Scored:
+_Start = Callable[[list[Path]], Callable[[], PreparedFiles]]  # begins preparing files; the call waits for them
+
+
+@contextmanager
+def _preparer(classifier: Classifier, preparing: int | PreparingProcesses) -> Iterator[tuple[int, _Start]]:
+    """(how many parts to prepare ahead, how to start one) on the node's processes or on new threads."""
+    if isinstance(preparing, PreparingProcesses):
+        prep = classifier.card.preprocessing_spec()
+
+        def in_process(part: list[Path]) -> Callable[[], PreparedFiles]:
+            future = preparing.submit(part, prep)
+            return lambda: preparing.result(future, part, prep)
+
+        yield preparing.workers, in_process
+        return
+    with ThreadPoolExecutor(max_workers=max(1, preparing), thread_name_prefix="prepare") as pool:
+        yield max(1, preparing), lambda part: pool.submit(_prepare_with_batch, part, classifier).result
+
+
+def _score_strided(classifier: Classifier, files: list[Path], stride: int,
+                   preparing: int | PreparingProcesses) -> _Scored:
     """Every `stride`-th slice in anatomical order, then the unscored neighbours of suspicious ones."""
     headers = [_read_header(path) for path in files]
     order = slice_order(headers)
     uid_at = [_sop_instance_uid(headers[i]) for i in order]
     unreadable = [p for p, uid in enumerate(uid_at) if uid is None]  # scored first, so reported as failures
     first = sorted(set(sampled_positions(len(files), stride)) | set(unreadable))
-    scored = _score_paths(classifier, [files[order[p]] for p in first], preparing_threads)
+    scored = _score_paths(classifier, [files[order[p]] for p in first], preparing)
     score_of = {r.sop_instance_uid: r.score or 0.0 for r in scored.evaluated}
     flagged = [p for p in first if score_of.get(uid_at[p] or "", 0.0) >= classifier.card.threshold]
     more = neighbour_positions(flagged, stride, len(files), set(first))
     if more:
-        scored.merge(_score_paths(classifier, [files[order[p]] for p in more], preparing_threads))
+        scored.merge(_score_paths(classifier, [files[order[p]] for p in more], preparing))
     rank = {uid: p for p, uid in enumerate(uid_at) if uid is not None}
     scored.evaluated.sort(key=lambda r: (rank.get(r.sop_instance_uid, len(rank)), r.frame_number or 0))
     done = set(first) | set(more)

@@ -211,8 +211,11 @@ class InferenceSettings(_Strict):
     device: str = "cpu"
     backend: Literal["auto", "torch", "onnxruntime"] = Field(
         "auto", description="auto: onnxruntime on a CPU when installed (about 2x eager PyTorch), else torch")
-    preparing_threads: int = Field(0, ge=0, le=64, description="threads reading and preparing images ahead "
-                                   "of the model; 0: one on a CPU, all cores but one on a GPU")
+    preparing_threads: int = Field(0, ge=0, le=64, description="threads (or processes) reading and preparing "
+                                   "images ahead of the model; 0: one on a CPU, all cores but one on a GPU")
+    preparing_in: Literal["threads", "processes"] = Field(
+        "threads", description="processes: a GPU node's reading and preparing runs on every core, not under "
+                               "one Python lock (each process about 60 MB)")
 
     def preparing_thread_count(self) -> int:
         """`preparing_threads`, with 0 resolved: on a CPU the model needs the cores; a GPU waits on them."""

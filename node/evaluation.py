@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select, update
 
 from inference.model import Classifier
+from inference.preparing import PreparingProcesses
 from inference.scoring import SeriesResult, score_files
 from node.audit import Audit, emit
 from node.config import Config
@@ -51,6 +52,14 @@ class Evaluator:
         self.device_uid = device_uid
         self.next_due_at: float | None = None  # when the earliest series not yet due becomes due
         self.evaluating: int | None = None  # the series id being evaluated now (the console shows it)
+        workers = config.inference.preparing_thread_count()
+        self.preparing: int | PreparingProcesses = (
+            PreparingProcesses(workers) if config.inference.preparing_in == "processes" else workers)
+
+    def close(self) -> None:
+        """Stop the preparing processes, if any."""
+        if isinstance(self.preparing, PreparingProcesses):
+            self.preparing.close()
 
     def due_series(self, now: float) -> list[int]:
         """Series whose stable time has passed; notes when the next one will be due."""
@@ -122,8 +131,7 @@ class Evaluator:
         self.audit.record("series.evaluating", study_uid=series.study_uid, series_uid=series.series_uid,
                           detail=f"version {version}: {len(files)} file(s), model {route.model}")
         started = time.monotonic()
-        result, headers = score_files(classifier, list(files.values()), route.slice_stride,
-                                      self.config.inference.preparing_thread_count())
+        result, headers = score_files(classifier, list(files.values()), route.slice_stride, self.preparing)
         sr_series_uid, sr_uid = report_uids(series.series_uid, version)
         identity = ReportIdentity(self.device_uid, self.config.node.ae_title, "dfnode", sr_series_uid, sr_uid, version)
         try:

@@ -230,6 +230,7 @@ class Node:
             wake.set()
         for thread in self.threads:
             thread.join(timeout)
+        self.evaluator.close()
         self.audit.record("node.stopped", called_ae=self.config.node.ae_title)
         self.db.close()
 

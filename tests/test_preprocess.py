@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from inference.letterbox import clipped_box_means, fit_to_square, letterbox_geometry, reduced, reduction_factor
+from inference.model import binomial_blur, noise_residual
 from inference.pixels import keep_header_only, native_frames, read_image, stored_frames
 from inference.preprocess import (
     Preprocessing,
@@ -252,3 +253,17 @@ def test_percentiles_are_numpys(dtype) -> None:
         values = rng.integers(0, top, size=size, endpoint=True).astype(dtype)
         qs = (0.0, 0.5, 37.3, 99.5, 100.0)
         np.testing.assert_allclose(percentiles(values, qs), np.percentile(values, qs), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 64, 48), (1, 1, 7, 5)])
+def test_binomial_blur_is_the_5x5_binomial_kernel_with_reflected_edges(shape) -> None:
+    """The noise residual's blur (shifted sums) gives what convolving with the 5 x 5 binomial kernel gives."""
+    batch = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    taps = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
+    kernel = (torch.outer(taps, taps) / 256.0)[None, None]
+    expected = torch.nn.functional.conv2d(torch.nn.functional.pad(batch, (2, 2, 2, 2), mode="reflect"), kernel)
+    torch.testing.assert_close(binomial_blur(batch), expected, rtol=0, atol=1e-6)
+    residual = noise_residual(batch)
+    difference = batch - expected
+    level = difference.abs().mean(dim=(2, 3), keepdim=True) * 1.2533 + 1e-4
+    torch.testing.assert_close(residual, (difference / level).clamp(-5.0, 5.0) / 2.0, rtol=0, atol=1e-5)

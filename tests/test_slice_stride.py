@@ -72,8 +72,8 @@ def test_more_preparing_threads_give_the_same_results_in_the_same_order(tmp_path
     paths.insert(11, broken)
     classifier = load_classifier(write_test_model(tmp_path / "model", "lung", "ct"), batch_size=4)
     for stride in (1, 4):
-        one, one_headers = score_files(classifier, paths, stride, preparing_threads=1)
-        many, many_headers = score_files(classifier, paths, stride, preparing_threads=3)
+        one, one_headers = score_files(classifier, paths, stride, preparing=1)
+        many, many_headers = score_files(classifier, paths, stride, preparing=3)
         assert [(r.sop_instance_uid, r.reason) for r in many.images] == \
             [(r.sop_instance_uid, r.reason) for r in one.images]
         assert [r.score for r in many.images] == pytest.approx([r.score for r in one.images], abs=1e-6)

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from inference.training.gan import GAN_FAMILY
+from inference.training import synth
+from inference.training.gan import GAN_FAMILY, GanSynthesiser, fake_like, train_gan
 from inference.training.synth import SynthSpec, synthesise, worker_pool
 
 FAST_GAN = {"gan_steps": 20, "gan_sources": 16}  # a barely trained GAN: enough to check the plumbing
@@ -81,3 +82,30 @@ def test_pool_workers_run_torch_on_one_thread() -> None:
             assert set(pool.map(_torch_threads, range(8))) == {1}
     finally:
         torch.set_num_threads(before)
+
+
+def test_output_does_not_depend_on_blocks_or_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GAN's images are made in blocks, in this process, and handed to the workers: the bytes are
+    the same whatever the block size and the number of workers."""
+    spec = SynthSpec("xray", 13, size=64, seed=5, **FAST_GAN)
+    synthesise(spec, tmp_path / "one", progress=False)
+    monkeypatch.setattr(synth, "PAIRS_PER_BLOCK", 4)
+    synthesise(spec, tmp_path / "blocks", workers=2, progress=False)
+    assert _digest(tmp_path / "one") == _digest(tmp_path / "blocks")
+    assert (tmp_path / "one" / "manifest.csv").read_text() == (tmp_path / "blocks" / "manifest.csv").read_text()
+
+
+def test_gan_at_the_image_size_keeps_its_own_pixels() -> None:
+    """A GAN at the pairs' size hands its pixels over unresized (the generator's traces stay); another
+    size is resized; a size the GAN cannot make is refused with the sizes it can."""
+    images = np.random.default_rng(0).random((8, 128, 128), dtype=np.float32)
+    gan = GanSynthesiser(train_gan(images, steps=2, seed=0, batch_size=4, progress=False))
+    made = gan.generate([7, 8], run_seed=1)
+    assert [m.shape for m in made] == [(128, 128)] * 2
+    assert np.array_equal(gan.generate([8], run_seed=1)[0], made[1])  # the same image in any batch
+    pristine = np.linspace(100, 4000, 128 * 128, dtype=np.float32).reshape(128, 128)
+    low, high = np.percentile(pristine, [0.5, 99.5])
+    np.testing.assert_allclose(fake_like(made[0], pristine), low + made[0] * (high - low), rtol=1e-5)
+    assert fake_like(made[0], pristine[:96, :80]).shape == (96, 80)
+    with pytest.raises(ValueError, match="GAN size 100 is not one of 64, 128, 256"):
+        SynthSpec("xray", 1, gan_size=100)

@@ -19,11 +19,19 @@ from PIL import Image
 from tqdm import tqdm
 
 from inference.preprocess import CT_PNG_OFFSET
-from inference.training.gan import GAN_FAMILY, GanSynthesiser, to_gan_size, train_gan
+from inference.training.gan import (
+    GAN_FAMILY,
+    GanSynthesiser,
+    check_gan_size,
+    fake_like,
+    to_gan_size,
+    train_gan,
+)
 from inference.training.manipulations import Tampered, families_for
 from inference.training.phantoms import knee_radiograph, lung_ct_slice
 from inference.training.sources import random_crop, real_images
 
+CPU_GAN_SIZE, GPU_GAN_SIZE = 64, 256  # `dfnode synth`'s default GAN size by where the GAN trains
 MANIFEST_FIELDS = ["path", "label", "kind", "manipulation", "group", "box"]
 KIND_FOR_MODEL = {"knee": "xray", "lung": "ct"}
 
@@ -40,6 +48,10 @@ class SynthSpec:
     families: tuple[str, ...] = ()  # empty: every family that applies to the kind, the GAN included
     gan_steps: int = 1500  # training steps of the synthesis GAN (when the "gan" family is made)
     gan_sources: int = 512  # pristine images the GAN learns from
+    gan_size: int = 64  # the GAN's images (64, 128 or 256): at the detector's input size on a GPU
+
+    def __post_init__(self) -> None:
+        check_gan_size(self.gan_size)
 
     def family_names(self) -> list[str]:
         """The families this run makes, in the order sources cycle through them."""
@@ -89,7 +101,7 @@ def gan_source(spec: SynthSpec, index: int) -> np.ndarray:
     """Pristine image `index` of the ones the GAN learns from, in [0, 1] at the GAN's size."""
     _, values = _source(np.random.default_rng([spec.seed, 0x6A4, index]), spec, 2_000_000 + index)
     low, high = np.percentile(values, [0.5, 99.5])
-    return to_gan_size(np.clip((values - low) / max(high - low, 1e-6), 0, 1))
+    return to_gan_size(np.clip((values - low) / max(high - low, 1e-6), 0, 1), spec.gan_size)
 
 
 def _gan_source_job(args: tuple[SynthSpec, int]) -> np.ndarray:
@@ -114,25 +126,37 @@ class Pair:
     tampered: Tampered
 
 
-def synthesise_pair(spec: SynthSpec, index: int, gan: GanSynthesiser | None = None) -> Pair:
-    """The pair of source `index`, drawn from `default_rng([spec.seed, index])`."""
+def synthesise_pair(spec: SynthSpec, index: int, generated: np.ndarray | None = None) -> Pair:
+    """The pair of source `index`, drawn from `default_rng([spec.seed, index])`; a gan-family pair
+    takes the synthesis GAN's image for it (`generated_for`)."""
     rng = np.random.default_rng([spec.seed, index])
     group, pristine = _source(rng, spec, index)
     names = spec.family_names()
     name = names[index % len(names)]
     _, donor = _source(rng, spec, index + 1_000_000)
     if name == GAN_FAMILY:
-        if gan is None:
+        if generated is None:
             raise ValueError("the gan family needs a trained synthesis GAN")
-        tampered = Tampered(gan.fake_like(rng, pristine), None)
+        tampered = Tampered(fake_like(generated, pristine), None)
     else:
         tampered = families_for(spec.kind)[name](rng, pristine, donor)
     return Pair(group, pristine, name, tampered)
 
 
-def make_pair(spec: SynthSpec, index: int, out_dir: Path, gan: GanSynthesiser | None = None) -> list[SynthRow]:
+def generated_for(spec: SynthSpec, indices: range, gan: GanSynthesiser | None) -> list[np.ndarray | None]:
+    """The GAN's image for each gan-family pair among `indices` (None for the others), made here in
+    batches: the pool's jobs then carry an image each, not the generator."""
+    names = spec.family_names()
+    wanted = [i for i in indices if names[i % len(names)] == GAN_FAMILY]
+    if gan is None or not wanted:
+        return [None] * len(indices)
+    made = dict(zip(wanted, gan.generate(wanted, spec.seed), strict=True))
+    return [made.get(i) for i in indices]
+
+
+def make_pair(spec: SynthSpec, index: int, out_dir: Path, generated: np.ndarray | None = None) -> list[SynthRow]:
     """Write the pristine and the manipulated image of source `index`."""
-    pair = synthesise_pair(spec, index, gan)
+    pair = synthesise_pair(spec, index, generated)
     rows = []
     for label, image, kind_name, box in ((0, pair.pristine, "pristine", None),
                                          (1, pair.tampered.image, pair.family, pair.tampered.box)):
@@ -143,13 +167,19 @@ def make_pair(spec: SynthSpec, index: int, out_dir: Path, gan: GanSynthesiser | 
     return rows
 
 
-def _make_pair_job(args: tuple[SynthSpec, int, Path, GanSynthesiser | None]) -> list[SynthRow]:
+def pair_jobs(spec: SynthSpec, indices: range, out_dir: Path, gan: GanSynthesiser | None
+              ) -> list[tuple[SynthSpec, int, Path, np.ndarray | None]]:
+    """The pool's jobs for the pairs `indices` (`_make_pair_job`), each with its GAN image if it needs one."""
+    return [(spec, i, out_dir, image) for i, image in zip(indices, generated_for(spec, indices, gan), strict=True)]
+
+
+def _make_pair_job(args: tuple[SynthSpec, int, Path, np.ndarray | None]) -> list[SynthRow]:
     return make_pair(*args)
 
 
 def single_threaded_worker() -> None:
     """Initialiser of synth's pool processes: torch on one thread. Each process would otherwise start
-    an intra-op pool as wide as the machine (for the GAN's generator), and `workers` such pools
+    an intra-op pool as wide as the machine for any torch work, and `workers` such pools
     oversubscribe the cores (measured on 16 cores: bench/synth.py)."""
     torch.set_num_threads(1)
 
@@ -157,6 +187,9 @@ def single_threaded_worker() -> None:
 def worker_pool(workers: int) -> ProcessPoolExecutor | None:
     """The process pool of a synth run, or None for `workers` <= 1 (everything in this process)."""
     return ProcessPoolExecutor(workers, initializer=single_threaded_worker) if workers > 1 else None
+
+
+PAIRS_PER_BLOCK = 1024  # a block's generated images (256 px) hold about 40 MB
 
 
 def synthesise(spec: SynthSpec, out_dir: Path, workers: int = 1, progress: bool = True,
@@ -173,9 +206,11 @@ def synthesise(spec: SynthSpec, out_dir: Path, workers: int = 1, progress: bool 
                if GAN_FAMILY in spec.family_names() else None)
         rows: list[SynthRow] = []
         with tqdm(total=spec.count, desc=f"synth {spec.kind}", unit="pair", disable=not progress) as bar:
-            for pair in mapper(_make_pair_job, [(spec, i, out_dir, gan) for i in range(spec.count)]):
-                rows.extend(pair)
-                bar.update()
+            for block in range(0, spec.count, PAIRS_PER_BLOCK):  # the GAN's images of one block at a time
+                indices = range(block, min(block + PAIRS_PER_BLOCK, spec.count))
+                for pair in mapper(_make_pair_job, pair_jobs(spec, indices, out_dir, gan)):
+                    rows.extend(pair)
+                    bar.update()
     finally:
         if pool is not None:
             pool.shutdown()
