@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.end_to_end
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.synth
+	$(BIN)/python -m bench.training_data
 
 lint: $(STAMP)
 	$(BIN)/ruff check scp inference sr node tests bench

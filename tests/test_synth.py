@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from inference.training import synth
+from inference.training import phantoms, synth
 from inference.training.gan import GAN_FAMILY, GanSynthesiser, fake_like, train_gan
 from inference.training.synth import SynthSpec, synthesise, worker_pool
 
@@ -109,3 +109,20 @@ def test_gan_at_the_image_size_keeps_its_own_pixels() -> None:
     assert fake_like(made[0], pristine[:96, :80]).shape == (96, 80)
     with pytest.raises(ValueError, match="GAN size 100 is not one of 64, 128, 256"):
         SynthSpec("xray", 1, gan_size=100)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_shapes_drawn_in_a_window_lose_nothing(seed: int) -> None:
+    """Phantom shapes are drawn in the window `_window` gives (vessels, ribs): every pixel that the shape
+    reaches on the whole grid lies inside it, on rotated, shifted and stretched grids alike."""
+    rng = np.random.default_rng(seed)
+    x, y = phantoms._grid(96, rng, 12)
+    x = x * rng.uniform(0.8, 1.2)
+    for _ in range(20):
+        cx, cy, rx, ry = *rng.uniform(-1.1, 1.1, 2), *rng.uniform(0.01, 0.3, 2)
+        reached = phantoms._smooth_step(phantoms._ellipse(x, y, cx, cy, rx, ry), 0.2) > 0
+        rows, columns = phantoms._window(x, y, cx, cy, 1.1 * max(rx, ry))
+        inside = np.zeros_like(reached)
+        inside[rows, columns] = True
+        assert not (reached & ~inside).any()
+        assert inside.sum() < reached.size or reached.sum() > reached.size // 4  # a window, not the image

@@ -57,7 +57,8 @@ def augment(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray | None
     if rng.random() < 0.5:
         angle = rng.uniform(-10, 10)
         image = rotate(image, angle, reshape=False, order=1, mode="constant")
-        mask = rotate(mask, angle, reshape=False, order=1, mode="constant")
+        if mask.any():  # an empty mask stays empty
+            mask = rotate(mask, angle, reshape=False, order=1, mode="constant")
     if rng.random() < 0.5:
         z = rng.uniform(0.85, 1.0)
         h, w = image.shape

@@ -207,6 +207,7 @@ LOCAL_MANIPULATIONS: dict[str, Manipulation] = {
     "self_blend": self_blend,
     "local_resample": local_resample,
 }
+TAKES_A_DONOR = frozenset({"splice"})  # the families that use a second image (the others get None)
 CT_MANIPULATIONS: dict[str, Manipulation] = {
     "ct_lesion_inject": ct_lesion_inject,
     "ct_lesion_remove": ct_lesion_remove,

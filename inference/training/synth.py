@@ -27,7 +27,7 @@ from inference.training.gan import (
     to_gan_size,
     train_gan,
 )
-from inference.training.manipulations import Tampered, families_for
+from inference.training.manipulations import TAKES_A_DONOR, Tampered, families_for
 from inference.training.phantoms import knee_radiograph, lung_ct_slice
 from inference.training.sources import random_crop, real_images
 
@@ -133,7 +133,7 @@ def synthesise_pair(spec: SynthSpec, index: int, generated: np.ndarray | None = 
     group, pristine = _source(rng, spec, index)
     names = spec.family_names()
     name = names[index % len(names)]
-    _, donor = _source(rng, spec, index + 1_000_000)
+    donor = _source(rng, spec, index + 1_000_000)[1] if name in TAKES_A_DONOR else None
     if name == GAN_FAMILY:
         if generated is None:
             raise ValueError("the gan family needs a trained synthesis GAN")
