@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.ndimage import rotate
 
 from inference.model import load_classifier
+from inference.training.augment import _rotated, augment
 from inference.training.datasets import Sample, load_samples
 from inference.training.online import online_pairs
 from inference.training.splits import grouped_split, split_for_card
@@ -164,3 +166,27 @@ def test_leave_one_family_out_tests_on_groups_the_model_never_saw(tmp_path: Path
     assert report["images"] == len(expected) and report["manipulated"] >= 1
     assert not tested & trained_on
     assert (tmp_path / "lofo" / "held-out-splice.roc.png").stat().st_size > 0
+
+
+def test_augmentation_moves_the_region_mask_with_the_image() -> None:
+    """The manipulated region's mask goes wherever flips, rotation and zoom take the image."""
+    image = np.full((128, 128), 0.2, dtype=np.float32)
+    image[30:60, 70:110] = 0.9
+    mask = np.zeros_like(image)
+    mask[30:60, 70:110] = 1.0
+    for seed in range(16):
+        out, moved = augment(np.random.default_rng(seed), image, mask)
+        assert out.shape == moved.shape
+        inside = moved > 0.5
+        assert 0.6 < inside.sum() / (30 * 40) < 1.05
+        assert out[inside].mean() > out[~inside].mean() + 0.5
+    empty = augment(np.random.default_rng(0), image)[1]
+    assert not empty.any()
+
+
+def test_rotation_is_scipys_but_at_the_edge_of_what_comes_in() -> None:
+    image = np.random.default_rng(0).random((120, 90), dtype=np.float32)
+    for degrees in (-9.5, 3.2):
+        ours, scipys = _rotated(image, degrees), rotate(image, degrees, reshape=False, order=1, mode="constant")
+        assert ours.shape == scipys.shape
+        assert (np.abs(ours - scipys) > 1e-5).mean() < 0.02
