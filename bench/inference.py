@@ -184,8 +184,8 @@ def prepare_in_processes(files: list[Path], classifier: Classifier, processes: P
     with `inference.preparing_in: processes` does)."""
     spec = classifier.card.preprocessing_spec()
     parts = [files[i:i + BATCH] for i in range(0, len(files), BATCH)]
-    for future, part in [(processes.submit(part, spec), part) for part in parts]:
-        processes.result(future, part, spec)
+    for prepared in [processes.start(part, spec) for part in parts]:
+        prepared()
 
 
 def summary(model: str, rows: list[tuple[str, float]]) -> list[list[str]]:

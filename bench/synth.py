@@ -19,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from bench.common import median, print_table
-from inference.training.gan import GanSynthesiser
+from inference.training.gan import GAN_SIZES, GanSynthesiser
 from inference.training.synth import (
     KIND_FOR_MODEL,
     SynthRow,
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--kind", default="knee", choices=sorted(KIND_FOR_MODEL))
     parser.add_argument("--count", type=int, default=256, help="pairs per round")
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--gan-size", type=int, default=64, choices=(64, 128, 256))
+    parser.add_argument("--gan-size", type=int, default=64, choices=GAN_SIZES)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -91,14 +92,16 @@ class PreparingProcesses:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=reuse_large_buffers)
         return self._pool
 
-    def submit(self, paths: list[Path], prep: Preprocessing) -> Future[PreparedFiles]:
+    def start(self, paths: list[Path], prep: Preprocessing) -> Callable[[], PreparedFiles]:
+        """Begin preparing `paths` in a worker; the call returned waits for them (`_result`)."""
         try:
-            return self._executor().submit(prepare_files, paths, prep)
+            future = self._executor().submit(prepare_files, paths, prep)
         except BrokenProcessPool:  # broke since the last result: a new pool
             self.close()
-            return self._executor().submit(prepare_files, paths, prep)
+            future = self._executor().submit(prepare_files, paths, prep)
+        return lambda: self._result(future, paths, prep)
 
-    def result(self, future: Future[PreparedFiles], paths: list[Path], prep: Preprocessing) -> PreparedFiles:
+    def _result(self, future: Future[PreparedFiles], paths: list[Path], prep: Preprocessing) -> PreparedFiles:
         """The future's prepared files; prepared here if the pool broke or they could not come back."""
         try:
             return future.result()

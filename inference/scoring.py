@@ -148,12 +148,7 @@ def _preparer(classifier: Classifier, preparing: int | PreparingProcesses) -> It
     """(how many parts to prepare ahead, how to start one) on the node's processes or on new threads."""
     if isinstance(preparing, PreparingProcesses):
         prep = classifier.card.preprocessing_spec()
-
-        def in_process(part: list[Path]) -> Callable[[], PreparedFiles]:
-            future = preparing.submit(part, prep)
-            return lambda: preparing.result(future, part, prep)
-
-        yield preparing.workers, in_process
+        yield preparing.workers, lambda part: preparing.start(part, prep)
         return
     with ThreadPoolExecutor(max_workers=max(1, preparing), thread_name_prefix="prepare") as pool:
         yield max(1, preparing), lambda part: pool.submit(_prepare_with_batch, part, classifier).result
