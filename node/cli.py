@@ -146,7 +146,7 @@ def _train_spec(args: argparse.Namespace):
         workers=args.workers, exclude_families=tuple(args.exclude or ()), aggregation=args.aggregation,
         region_weight=args.region_weight, online_pairs=args.online_pairs, dropout=args.dropout,
         drop_path=args.drop_path,
-        resume=not args.no_resume, command="dfnode " + shlex.join(args.argv),
+        resume=not args.no_resume, init_from=args.init_from, command="dfnode " + shlex.join(args.argv),
         data_description=args.data_description or "")
 
 
@@ -196,6 +196,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate (training only)")
     p.add_argument("--aggregation", choices=["max", "mean"], default="max", help="series aggregation rule")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
+    p.add_argument("--init-from", type=Path, metavar="CARD",
+                   help="start from the weights of this model card (e.g. weights/knee.json) instead of random ones")
     p.add_argument("--data-description", help="what the data is, for the model card")
 
 

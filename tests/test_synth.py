@@ -13,6 +13,7 @@ from PIL import Image
 
 from inference.training import phantoms, synth
 from inference.training.gan import GAN_FAMILY, GanSynthesiser, fake_like, train_gan
+from inference.training.manipulations import Tampered
 from inference.training.synth import SynthSpec, synthesise, worker_pool
 
 FAST_GAN = {"gan_steps": 20, "gan_sources": 16}  # a barely trained GAN: enough to check the plumbing
@@ -126,3 +127,37 @@ def test_shapes_drawn_in_a_window_lose_nothing(seed: int) -> None:
         inside[rows, columns] = True
         assert not (reached & ~inside).any()
         assert inside.sum() < reached.size or reached.sum() > reached.size // 4  # a window, not the image
+
+
+@pytest.mark.parametrize("kind", ["xray", "ct"])
+def test_every_local_manipulation_is_visible(kind: str) -> None:
+    """A local manipulation changes its box by at least one grey level of the model's window on average:
+    one the network cannot see would be a manipulated label on an unchanged image."""
+    spec = SynthSpec(kind, 0, size=128, seed=4, **FAST_GAN)
+    names = spec.family_names()
+    local = [i for i in range(40) if names[i % len(names)] != GAN_FAMILY]
+    changes = {i: synth.visible_change(p.pristine, p.tampered, kind)
+               for i in local for p in [synth.synthesise_pair(spec, i)]}
+    assert min(changes.values()) >= synth.MIN_VISIBLE_CHANGE, changes
+
+
+def test_invisible_draws_are_drawn_again() -> None:
+    """Draws that change nothing visible are made again, up to MAX_DRAWS; then the most visible is kept."""
+    pristine = np.tile(np.linspace(0, 1000, 64, dtype=np.float32), (64, 1))
+    box = (10, 10, 30, 30)
+    steps = iter([0.0, 0.5, 3.0, 40.0, 80.0])
+    calls = []
+
+    def shifted(rng: np.random.Generator, image: np.ndarray, donor: np.ndarray | None = None) -> Tampered:
+        calls.append(1)
+        out = image.copy()
+        out[10:30, 10:30] += next(steps, 1.0)
+        return Tampered(out, box)
+
+    made = synth.visible_manipulation(shifted, np.random.default_rng(0), pristine, None, "xray")
+    assert len(calls) == 4 and synth.visible_change(pristine, made, "xray") >= synth.MIN_VISIBLE_CHANGE
+    calls.clear()
+    steps = iter([2.0, 3.0] + [0.0] * 10)
+    made = synth.visible_manipulation(shifted, np.random.default_rng(0), pristine, None, "xray")
+    assert len(calls) == synth.MAX_DRAWS
+    assert np.array_equal(made.image[10:30, 10:30], pristine[10:30, 10:30] + 3.0)  # the second draw

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from scipy.ndimage import rotate
 
 from inference.model import load_classifier
@@ -190,3 +191,36 @@ def test_rotation_is_scipys_but_at_the_edge_of_what_comes_in() -> None:
         ours, scipys = _rotated(image, degrees), rotate(image, degrees, reshape=False, order=1, mode="constant")
         assert ours.shape == scipys.shape
         assert (np.abs(ours - scipys) > 1e-5).mean() < 0.02
+
+
+@pytest.mark.slow
+def test_training_can_start_from_a_model_card(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--init-from CARD` starts from that card's weights: with a learning rate of 0 every learned weight
+    comes out as it went in, and the new card names the one it started from. A card whose input differs
+    (another kind) is refused, naming the difference."""
+    assert main(["synth", "--kind", "knee", "--count", "12", "--size", "80", "--seed", "6", "--workers", "1",
+                 "--family", "splice", "--out", str(tmp_path / "data")]) == 0
+    common = ["train", "--data", str(tmp_path / "data"), "--model", "knee", "--input-size", "64",
+              "--epochs", "1", "--batch-size", "8", "--workers", "0"]
+    assert main([*common, "--weights-dir", str(tmp_path / "a"), "--run-dir", str(tmp_path / "run-a")]) == 0
+    assert main([*common, "--lr", "0", "--init-from", str(tmp_path / "a" / "knee.json"),
+                 "--weights-dir", str(tmp_path / "b"), "--run-dir", str(tmp_path / "run-b")]) == 0
+    first, second = (load_classifier(tmp_path / d / "knee.json", backend="torch") for d in ("a", "b"))
+    card = json.loads((tmp_path / "b" / "knee.json").read_text())
+    assert card["training"]["started_from"]["version"] == first.version
+    learned = {k: v for k, v in first.torch_network.state_dict().items()
+               if "running_" not in k and "num_batches" not in k}  # batch norm's statistics move in training
+    after = second.torch_network.state_dict()
+    assert learned and all(torch.equal(v, after[k]) for k, v in learned.items())
+    random_start = json.loads((tmp_path / "a" / "knee.json").read_text())["training"].get("started_from")
+    assert random_start is None
+
+    lung = tmp_path / "a" / "lung.json"
+    other = json.loads((tmp_path / "a" / "knee.json").read_text())
+    other["preprocessing"]["kind"] = "ct"
+    lung.write_text(json.dumps(other))
+    capsys.readouterr()
+    assert main([*common, "--init-from", str(lung), "--weights-dir", str(tmp_path / "c"),
+                 "--run-dir", str(tmp_path / "run-c")]) == 1
+    assert "preprocessing differs in kind ('ct', this run 'xray')" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "knee.json").exists()

@@ -128,7 +128,7 @@ def local_resample(rng: np.random.Generator, image: np.ndarray, donor: np.ndarra
     box = _random_box(rng, image.shape, 0.15, 0.4)
     r0, c0, r1, c1 = box
     region = image[r0:r1, c0:c1]
-    factor = rng.uniform(0.4, 0.8)
+    factor = rng.uniform(0.3, 0.8)
     small = zoom(region, factor, order=1)
     back = zoom(small, (region.shape[0] / small.shape[0], region.shape[1] / small.shape[1]), order=3)
     back = back[: region.shape[0], : region.shape[1]]

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from inference.preprocess import CT_PNG_OFFSET
+from inference.preprocess import CT_PNG_OFFSET, Preprocessing, window_bounds
 from inference.training.gan import (
     GAN_FAMILY,
     GanSynthesiser,
@@ -27,13 +27,17 @@ from inference.training.gan import (
     to_gan_size,
     train_gan,
 )
-from inference.training.manipulations import TAKES_A_DONOR, Tampered, families_for
+from inference.training.manipulations import TAKES_A_DONOR, Manipulation, Tampered, families_for
 from inference.training.phantoms import knee_radiograph, lung_ct_slice
 from inference.training.sources import random_crop, real_images
 
 CPU_GAN_SIZE, GPU_GAN_SIZE = 64, 256  # `dfnode synth`'s default GAN size by where the GAN trains
 MANIFEST_FIELDS = ["path", "label", "kind", "manipulation", "group", "box"]
 KIND_FOR_MODEL = {"knee": "xray", "lung": "ct"}
+# A local manipulation must change its box by at least this much on average, on the [0, 1] scale of the
+# model's window (one grey level of an 8-bit display): a change the network cannot see is label noise.
+MIN_VISIBLE_CHANGE = 1 / 255
+MAX_DRAWS = 8  # draws of a manipulation before the most visible one is kept
 
 
 @dataclass(frozen=True)
@@ -139,8 +143,37 @@ def synthesise_pair(spec: SynthSpec, index: int, generated: np.ndarray | None = 
             raise ValueError("the gan family needs a trained synthesis GAN")
         tampered = Tampered(fake_like(generated, pristine), None)
     else:
-        tampered = families_for(spec.kind)[name](rng, pristine, donor)
+        tampered = visible_manipulation(families_for(spec.kind)[name], rng, pristine, donor, spec.kind)
     return Pair(group, pristine, name, tampered)
+
+
+def visible_change(pristine: np.ndarray, tampered: Tampered, kind: str) -> float:
+    """Mean absolute change inside the box, in the pristine image's model window scaled to [0, 1]
+    (the card's HU window for CT, the image's percentiles for radiographs), clipped as the model clips."""
+    if tampered.box is None:
+        return float("inf")
+    low, width = window_bounds(pristine, Preprocessing(kind, pristine.shape[0]))  # type: ignore[arg-type]
+    r0, c0, r1, c1 = tampered.box
+    before = np.clip((pristine[r0:r1, c0:c1] - low) / width, 0, 1)
+    after = np.clip((tampered.image[r0:r1, c0:c1] - low) / width, 0, 1)
+    return float(np.abs(after - before).mean())
+
+
+def visible_manipulation(manipulate: Manipulation, rng: np.random.Generator, pristine: np.ndarray,
+                         donor: np.ndarray | None, kind: str) -> Tampered:
+    """The manipulation drawn until its change is visible (`MIN_VISIBLE_CHANGE`), at most `MAX_DRAWS`
+    times; then the most visible draw. A local resampling of a smooth region, or an in-painting of flat
+    background, can otherwise change nothing the model sees and still be labelled manipulated."""
+    best, best_change = None, -1.0
+    for _ in range(MAX_DRAWS):
+        tampered = manipulate(rng, pristine, donor)
+        change = visible_change(pristine, tampered, kind)
+        if change >= MIN_VISIBLE_CHANGE:
+            return tampered
+        if change > best_change:
+            best, best_change = tampered, change
+    assert best is not None
+    return best
 
 
 def generated_for(spec: SynthSpec, indices: range, gan: GanSynthesiser | None) -> list[np.ndarray | None]:

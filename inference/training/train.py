@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from inference.letterbox import fit_to_square
 from inference.model import build_network, network_input, stack_images, torch_device
-from inference.model_card import CardPreprocessing, ModelCard, write_card
+from inference.model_card import CardPreprocessing, ModelCard, read_card, write_card
 from inference.preprocess import Preprocessing, to_unit_range
 from inference.training.augment import augment
 from inference.training.datasets import Sample, load_samples
@@ -37,7 +37,7 @@ from inference.training.metrics import roc_auc, threshold_for_fpr
 from inference.training.online import OnlinePairs, online_pairs
 from inference.training.plots import plot_confusion, plot_roc
 from inference.training.splits import SPLIT_RULE, grouped_split
-from inference.weights import save_weights
+from inference.weights import load_verified_weights, save_weights
 
 MEAN, STD = 0.5, 0.25
 
@@ -70,6 +70,7 @@ class TrainSpec:
     dropout: float = 0.0  # before the head, in training only
     drop_path: float = 0.0  # stochastic depth, in training only
     resume: bool = True
+    init_from: Path | None = None  # a model card whose weights training starts from (fine-tuning)
     progress: bool = True
     command: str = ""
     data_description: str = ""
@@ -203,6 +204,25 @@ def select_samples(spec: TrainSpec) -> dict[str, list[Sample]]:
     return grouped_split(samples, spec.seed)
 
 
+def load_starting_weights(network: torch.nn.Module, spec: TrainSpec) -> dict[str, str]:
+    """Load the weights of the model card `spec.init_from` into `network` (checked against the card's
+    SHA-256), refusing a card whose input the run would make differently. Returns what was loaded, for
+    the new card."""
+    assert spec.init_from is not None
+    card = read_card(spec.init_from)
+    ours = CardPreprocessing(kind=spec.kind, normalization_mean=MEAN, normalization_std=STD,  # type: ignore[arg-type]
+                             residual_channel=spec.residual)
+    theirs = card.preprocessing.model_dump()
+    differ = [k for k, v in ours.model_dump().items() if theirs[k] != v and k not in ("photometric", "resize")]
+    if differ:
+        raise ValueError(f"{spec.init_from}: cannot start this training from it: its preprocessing differs in "
+                         + ", ".join(f"{k} ({theirs[k]!r}, this run {getattr(ours, k)!r})" for k in differ))
+    state = load_verified_weights(card.weights, spec.init_from.parent)
+    network.load_state_dict({k: v.float() for k, v in state.items()})
+    return {"card": str(spec.init_from), "name": card.name, "version": card.version,
+            "input_size": str(card.input_size)}
+
+
 def train(spec: TrainSpec) -> dict:
     """Train, pick the threshold, measure on the test split, write weights, card, plots, metrics."""
     torch.manual_seed(spec.seed)
@@ -228,6 +248,8 @@ def train(spec: TrainSpec) -> dict:
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     scorer = Scorer(network, prep, MEAN, STD, device, spec.batch_size * 2, spec.residual, spec.workers)
+    if spec.init_from is not None:
+        state["started_from"] = load_starting_weights(network, spec)
     last = spec.run_dir / "last.pt"
     if spec.resume and last.is_file():
         checkpoint = torch.load(last, map_location=device, weights_only=False)
@@ -314,6 +336,7 @@ def _finish(spec: TrainSpec, network: torch.nn.Module, scorer: Scorer, splits: d
                   "spec": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(spec).items()
                            if k not in ("command", "data_description", "progress")},
                   "history": state["history"],
+                  "started_from": state.get("started_from"),
                   "threshold_rule": f"lowest with <= {spec.max_benign_fpr / 2:.1%} of clean and "
                                     "benign-processed validation pristine images at or above it"},
         metrics=report,
