@@ -197,7 +197,7 @@ def test_rotation_is_scipys_but_at_the_edge_of_what_comes_in() -> None:
 def test_training_can_start_from_a_model_card(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--init-from CARD` starts from that card's weights: with a learning rate of 0 every learned weight
     comes out as it went in, and the new card names the one it started from. A card whose input differs
-    (another kind) is refused, naming the difference."""
+    (another kind) is refused, naming the difference; so is a held-out-family run from a card's weights."""
     assert main(["synth", "--kind", "knee", "--count", "12", "--size", "80", "--seed", "6", "--workers", "1",
                  "--family", "splice", "--out", str(tmp_path / "data")]) == 0
     common = ["train", "--data", str(tmp_path / "data"), "--model", "knee", "--input-size", "64",
@@ -224,3 +224,7 @@ def test_training_can_start_from_a_model_card(tmp_path: Path, capsys: pytest.Cap
                  "--run-dir", str(tmp_path / "run-c")]) == 1
     assert "preprocessing differs in kind ('ct', this run 'xray')" in capsys.readouterr().err
     assert not (tmp_path / "c" / "knee.json").exists()
+    # a held-out family is measured on a model that never saw it: no start from weights that may have
+    assert main(["evaluate", "--leave-out", "splice", *common[1:], "--init-from", str(tmp_path / "a" / "knee.json"),
+                 "--out", str(tmp_path / "lofo")]) == 1
+    assert "--leave-out splice trains from random weights" in capsys.readouterr().err

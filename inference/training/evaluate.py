@@ -36,6 +36,9 @@ def evaluate_model(card_path: Path, data: Path, split: str, out_dir: Path, seed:
 
 def leave_one_family_out(base: TrainSpec, family: str, out_dir: Path) -> dict:
     """Train without `family`, then measure pristine vs `family` on the test split."""
+    if base.init_from is not None:  # its weights may have learned the family, or the test split's images
+        raise ValueError(f"--leave-out {family} trains from random weights: --init-from {base.init_from} may have "
+                         f"seen {family} or the images it is tested on")
     spec = dataclasses.replace(base, exclude_families=(family,), model_name=f"{base.model_name}-without-{family}",
                                weights_dir=out_dir, run_dir=out_dir / "run", resume=False)
     train(spec)

@@ -204,7 +204,7 @@ def select_samples(spec: TrainSpec) -> dict[str, list[Sample]]:
     return grouped_split(samples, spec.seed)
 
 
-def load_starting_weights(network: torch.nn.Module, spec: TrainSpec) -> dict[str, str]:
+def load_starting_weights(network: torch.nn.Module, spec: TrainSpec) -> dict[str, Any]:
     """Load the weights of the model card `spec.init_from` into `network` (checked against the card's
     SHA-256), refusing a card whose input the run would make differently. Returns what was loaded, for
     the new card."""
@@ -220,7 +220,7 @@ def load_starting_weights(network: torch.nn.Module, spec: TrainSpec) -> dict[str
     state = load_verified_weights(card.weights, spec.init_from.parent)
     network.load_state_dict({k: v.float() for k, v in state.items()})
     return {"card": str(spec.init_from), "name": card.name, "version": card.version,
-            "input_size": str(card.input_size)}
+            "input_size": card.input_size}
 
 
 def train(spec: TrainSpec) -> dict:
