@@ -204,14 +204,19 @@ def select_samples(spec: TrainSpec) -> dict[str, list[Sample]]:
     return grouped_split(samples, spec.seed)
 
 
+def card_preprocessing(spec: TrainSpec) -> CardPreprocessing:
+    """How this run makes the network's input, as its model card says it."""
+    return CardPreprocessing(kind=spec.kind, normalization_mean=MEAN, normalization_std=STD,  # type: ignore[arg-type]
+                             residual_channel=spec.residual)
+
+
 def load_starting_weights(network: torch.nn.Module, spec: TrainSpec) -> dict[str, Any]:
     """Load the weights of the model card `spec.init_from` into `network` (checked against the card's
     SHA-256), refusing a card whose input the run would make differently. Returns what was loaded, for
     the new card."""
     assert spec.init_from is not None
     card = read_card(spec.init_from)
-    ours = CardPreprocessing(kind=spec.kind, normalization_mean=MEAN, normalization_std=STD,  # type: ignore[arg-type]
-                             residual_channel=spec.residual)
+    ours = card_preprocessing(spec)
     theirs = card.preprocessing.model_dump()
     differ = [k for k, v in ours.model_dump().items() if theirs[k] != v and k not in ("photometric", "resize")]
     if differ:
@@ -327,8 +332,7 @@ def _finish(spec: TrainSpec, network: torch.nn.Module, scorer: Scorer, splits: d
     weights = save_weights(network.state_dict(), spec.weights_dir, spec.model_name)
     card = ModelCard(
         name=spec.model_name, input_size=spec.input_size, in_chans=2 if spec.residual else 1,
-        preprocessing=CardPreprocessing(kind=spec.kind, normalization_mean=MEAN, normalization_std=STD,  # type: ignore[arg-type]
-                                        residual_channel=spec.residual),
+        preprocessing=card_preprocessing(spec),
         threshold=threshold, series_aggregation=spec.aggregation, weights=weights,  # type: ignore[arg-type]
         training={"command": spec.command, "data": spec.data_description or str(spec.data),
                   "split": f"60/20/20 grouped by source, {SPLIT_RULE}, seed {spec.seed}",
