@@ -145,7 +145,7 @@ def _train_spec(args: argparse.Namespace):
         patience=args.patience, seed=args.seed, max_minutes=args.max_minutes, device=args.device,
         workers=args.workers, exclude_families=tuple(args.exclude or ()), aggregation=args.aggregation,
         region_weight=args.region_weight, online_pairs=args.online_pairs, dropout=args.dropout,
-        drop_path=args.drop_path,
+        drop_path=args.drop_path, degrade_warmup=args.degrade_warmup,
         resume=not args.no_resume, init_from=args.init_from, command="dfnode " + shlex.join(args.argv),
         data_description=args.data_description or "")
 
@@ -192,6 +192,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of an auxiliary loss on where the manipulation is (needs boxes, as synth writes)")
     p.add_argument("--online-pairs", type=int, default=0,
                    help="pairs synthesised afresh every epoch besides the files (phantoms, the data's local families)")
+    p.add_argument("--degrade-warmup", type=int, default=0, metavar="EPOCHS",
+                   help="epochs over which the benign degradations' odds rise from none to full")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout before the head (training only)")
     p.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate (training only)")
     p.add_argument("--aggregation", choices=["max", "mean"], default="max", help="series aggregation rule")

@@ -11,10 +11,13 @@ import torch
 from scipy.ndimage import rotate
 
 from inference.model import load_classifier
-from inference.training.augment import _rotated, augment
+from inference.preprocess import Preprocessing
+from inference.training import augment as augment_module
+from inference.training.augment import _rotated, augment, benign_degrade
 from inference.training.datasets import Sample, load_samples
 from inference.training.online import online_pairs
 from inference.training.splits import grouped_split, split_for_card
+from inference.training.train import _TrainImages
 from node.cli import main
 from node.service import Node
 from tests.conftest import node_config
@@ -70,6 +73,30 @@ def test_online_pairs_are_fresh_each_epoch_and_changed_only_in_their_box() -> No
         assert not changed.any()
     with pytest.raises(ValueError, match="--online-pairs needs"):
         online_pairs([Sample(Path("x.png"), 1, "g", "unknown")], "xray", 96, 0, 5)
+
+
+def test_benign_degradations_rise_over_the_warmup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `degrade_warmup` N the first epoch meets no benign degradation, the odds rise linearly, and from
+    epoch N on every item is what it is without a warm-up."""
+    online = online_pairs([Sample(Path("b.png"), 1, "g1", "splice", (1, 1, 9, 9))], "xray", 64, seed=1, count=6)
+    prep = Preprocessing("xray", 64)
+    warm, cold = _TrainImages([], prep, 0, online, degrade_warmup=4), _TrainImages([], prep, 0, online)
+    assert [warm.degradation(e) for e in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    degraded: list[str] = []
+
+    def counting(rng: np.random.Generator, image: np.ndarray, name: str) -> np.ndarray:
+        degraded.append(name)
+        return benign_degrade(rng, image, name)
+
+    monkeypatch.setattr(augment_module, "benign_degrade", counting)
+    for i in range(12):
+        warm[(0, i)]
+    assert degraded == []
+    for i in range(12):
+        cold[(0, i)]
+    assert degraded  # without the warm-up, the first epoch already has them
+    for i in range(12):
+        assert np.array_equal(warm[(4, i)][0], cold[(4, i)][0])
 
 
 def test_loader_processes_see_each_epoch(tmp_path: Path) -> None:

@@ -55,10 +55,14 @@ def benign_degrade(rng: np.random.Generator, image: np.ndarray, name: str) -> np
     return np.clip(BENIGN[name](rng, image), 0, 1).astype(np.float32)
 
 
-def augment(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray | None = None
+DEGRADATION_ODDS = (("blur", 0.15), ("resample", 0.15), ("noise", 0.25), ("jpeg", 0.25), ("jpeg2000", 0.1))
+
+
+def augment(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray | None = None, degrade: float = 1.0
             ) -> tuple[np.ndarray, np.ndarray]:
     """Random geometry (applied to the region mask too) and intensity changes, then each benign
-    degradation with some probability. Returns the image and the mask (zeros when none is given)."""
+    degradation with its probability in `DEGRADATION_ODDS` times `degrade` (0 to 1). Returns the image and
+    the mask (zeros when none is given)."""
     mask = np.zeros_like(image) if mask is None else mask
     if rng.random() < 0.5:
         image, mask = image[:, ::-1], mask[:, ::-1]
@@ -75,7 +79,7 @@ def augment(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray | None
         image, mask = image[r:r + ch, c:c + cw], mask[r:r + ch, c:c + cw]
     image = image * rng.uniform(0.9, 1.1) + rng.uniform(-0.05, 0.05)
     image = np.clip(image, 0, 1).astype(np.float32)
-    for name, p in (("blur", 0.15), ("resample", 0.15), ("noise", 0.25), ("jpeg", 0.25), ("jpeg2000", 0.1)):
-        if rng.random() < p:
+    for name, p in DEGRADATION_ODDS:
+        if rng.random() < p * degrade:
             image = benign_degrade(rng, image, name)
     return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(mask, dtype=np.float32)

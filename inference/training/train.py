@@ -67,6 +67,7 @@ class TrainSpec:
     residual: bool = True  # the noise-residual input channel (inference.model.noise_residual)
     region_weight: float = 0.0  # weight of the auxiliary loss on where the manipulation is (synth boxes)
     online_pairs: int = 0  # pairs synthesised afresh each epoch, besides the files (inference.training.online)
+    degrade_warmup: int = 0  # epochs over which the benign degradations' odds rise from 0 to full
     dropout: float = 0.0  # before the head, in training only
     drop_path: float = 0.0  # stochastic depth, in training only
     resume: bool = True
@@ -85,8 +86,10 @@ class _TrainImages(torch.utils.data.Dataset):
     manipulated) per epoch. Items are looked up by (epoch, index), so the augmentation differs per epoch
     and is reproducible, also in loader processes that outlive an epoch."""
 
-    def __init__(self, samples: list[Sample], prep: Preprocessing, seed: int, online: OnlinePairs | None = None):
+    def __init__(self, samples: list[Sample], prep: Preprocessing, seed: int, online: OnlinePairs | None = None,
+                 degrade_warmup: int = 0):
         self.samples, self.prep, self.seed, self.online = samples, prep, seed, online
+        self.degrade_warmup = degrade_warmup
         self._last_pair: tuple[tuple[int, int], tuple[np.ndarray, Tampered, str]] | None = None
 
     def __len__(self) -> int:
@@ -101,10 +104,16 @@ class _TrainImages(torch.utils.data.Dataset):
         else:
             sample, values = self._online(epoch, *divmod(i - len(self.samples), 2))
             image = to_unit_range(values, self.prep, False)
-        image, mask = augment(np.random.default_rng([self.seed, epoch, i]), image, sample.region_mask(image.shape))
+        image, mask = augment(np.random.default_rng([self.seed, epoch, i]), image, sample.region_mask(image.shape),
+                              self.degradation(epoch))
         size = self.prep.input_size
         region_known = sample.label == 0 or sample.box is not None
         return fit_to_square(image, size), fit_to_square(mask, size), float(sample.label), float(region_known)
+
+    def degradation(self, epoch: int) -> float:
+        """How much of the benign degradations' odds epoch `epoch` (from 0) uses: rising over the warm-up,
+        so that the network first meets the manipulations' traces undisturbed."""
+        return 1.0 if epoch >= self.degrade_warmup else epoch / self.degrade_warmup
 
     def _online(self, epoch: int, pair: int, label: int) -> tuple[Sample, np.ndarray]:
         """One image of an online pair; twins come one after the other, so the pair is made once."""
@@ -190,7 +199,7 @@ def training_loader(spec: TrainSpec, train_split: list[Sample], device: torch.de
     `epoch` picks the augmentation and the online pairs of the next pass."""
     online = (online_pairs(train_split, spec.kind, spec.input_size, spec.seed, spec.online_pairs)
               if spec.online_pairs > 0 else None)
-    dataset = _TrainImages(train_split, spec.preprocessing(), spec.seed, online)
+    dataset = _TrainImages(train_split, spec.preprocessing(), spec.seed, online, spec.degrade_warmup)
     batches = PairedBatches(train_split, spec.batch_size, spec.seed, spec.online_pairs if online else 0)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=spec.workers,
                                          collate_fn=_collate, pin_memory=device.type == "cuda",
