@@ -1,7 +1,8 @@
 """Where a classifier looks: a class-activation map and the box around its hottest region.
 
-For EfficientNet's average-pooled linear head, the map is the head applied to every cell of the
-last feature map; its mean is the image's logit, so the map splits the verdict over the image.
+The map is EfficientNet's one-output linear head applied to every cell of the last feature map; the
+image's logit is its mean, or the mean of its k highest cells (`inference.pooling`), so the map shows
+where the verdict comes from.
 """
 
 from __future__ import annotations

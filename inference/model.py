@@ -13,6 +13,7 @@ from timm.models.efficientnet import EfficientNet
 
 from inference.localisation import Box, activation_maps, hottest_box
 from inference.model_card import ModelCard, read_card
+from inference.pooling import MEAN, pool_cells
 from inference.weights import load_verified_weights, verify_weights
 from node.errors import ModelLoadError
 
@@ -20,9 +21,11 @@ if TYPE_CHECKING:
     from inference.onnx_runtime import OnnxRunner
 
 
-def build_network(in_chans: int = 1, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> EfficientNet:
+def build_network(in_chans: int = 1, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                  cell_pooling: str = MEAN) -> EfficientNet:
     """A timm EfficientNet-B4 with one output (the manipulation logit), randomly initialised; it takes
-    any input size. The drop rates regularise training only (dropout before the head, stochastic depth)."""
+    any input size. The drop rates regularise training only (dropout before the head, stochastic depth);
+    `cell_pooling` is how its per-cell logits make the image's (`inference.pooling`)."""
     network = cast(EfficientNet, timm.create_model("efficientnet_b4", pretrained=False, num_classes=1,
                                                    in_chans=in_chans, drop_rate=drop_rate,
                                                    drop_path_rate=drop_path_rate))
@@ -30,7 +33,7 @@ def build_network(in_chans: int = 1, drop_rate: float = 0.0, drop_path_rate: flo
     classifier = cast(Any, network.get_classifier())
     torch.nn.init.zeros_(classifier.weight)
     torch.nn.init.zeros_(classifier.bias)
-    return network
+    return cast(EfficientNet, pool_cells(network, cell_pooling))
 
 
 _BLUR_TAPS = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)  # the 5 x 5 binomial blur is this, along rows and columns
@@ -194,7 +197,7 @@ def load_classifier(card_path: Path, device: str = "cpu", batch_size: int = 8, b
 def _network(card_path: Path, card: ModelCard, device: torch.device) -> torch.nn.Module:
     """The PyTorch network with the card's verified weights, in eval mode and channels_last."""
     state = load_verified_weights(card.weights, card_path.parent)
-    network = build_network(in_chans=card.in_chans)
+    network = build_network(in_chans=card.in_chans, cell_pooling=card.cell_pooling)
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from inference.pooling import MEAN, POOLING_PATTERN
 from inference.preprocess import Preprocessing
 from node.errors import ModelLoadError
 
@@ -50,6 +51,8 @@ class ModelCard(BaseModel):
     architecture: Literal["efficientnet_b4"] = "efficientnet_b4"
     input_size: int = Field(ge=32, le=1024)
     in_chans: int = 1
+    cell_pooling: str = Field(MEAN, pattern=POOLING_PATTERN,
+                              description="how the per-cell logits make the image's logit (inference.pooling)")
     preprocessing: CardPreprocessing
     threshold: float = Field(0.5, gt=0, lt=1)
     series_aggregation: Literal["max", "mean"] = "max"

@@ -20,6 +20,7 @@ import torch
 
 from inference.localisation import activation_cells
 from inference.model_card import ModelCard
+from inference.pooling import MEAN
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ EXPORT_FORMAT = 2  # 2: the logit and the activation map; bump when the exported
 
 
 def export_path(cache_dir: Path, card: ModelCard) -> Path:
-    return cache_dir / f"{card.name}-{card.weights.sha256[:16]}-{card.input_size}px-v{EXPORT_FORMAT}.onnx"
+    pooling = "" if card.cell_pooling == MEAN else f"-{card.cell_pooling}"  # mean: the name it always had
+    return cache_dir / f"{card.name}-{card.weights.sha256[:16]}-{card.input_size}px{pooling}-v{EXPORT_FORMAT}.onnx"
 
 
 class _LogitAndCells(torch.nn.Module):

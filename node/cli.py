@@ -145,7 +145,7 @@ def _train_spec(args: argparse.Namespace):
         patience=args.patience, seed=args.seed, max_minutes=args.max_minutes, device=args.device,
         workers=args.workers, exclude_families=tuple(args.exclude or ()), aggregation=args.aggregation,
         region_weight=args.region_weight, online_pairs=args.online_pairs, dropout=args.dropout,
-        drop_path=args.drop_path, degrade_warmup=args.degrade_warmup,
+        drop_path=args.drop_path, degrade_warmup=args.degrade_warmup, cell_pooling=args.cell_pooling,
         resume=not args.no_resume, init_from=args.init_from, command="dfnode " + shlex.join(args.argv),
         data_description=args.data_description or "")
 
@@ -171,6 +171,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cell_pooling(value: str) -> str:
+    from inference.pooling import top_cells
+
+    try:
+        top_cells(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, required=True,
                    help="a synth manifest, a CSV of path,label,group, or a folder with real/ and fake/")
@@ -194,6 +204,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="pairs synthesised afresh every epoch besides the files (phantoms, the data's local families)")
     p.add_argument("--degrade-warmup", type=int, default=0, metavar="EPOCHS",
                    help="epochs over which the benign degradations' odds rise from none to full")
+    p.add_argument("--cell-pooling", type=_cell_pooling, default="mean", metavar="mean|top<k>",
+                   help="the image's logit from the last feature map's cell logits: their mean (EfficientNet's "
+                        "own head) or the mean of the k highest, so that a small manipulated region counts")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout before the head (training only)")
     p.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate (training only)")
     p.add_argument("--aggregation", choices=["max", "mean"], default="max", help="series aggregation rule")

@@ -16,6 +16,7 @@ from inference.weights import MAX_SHARD_BYTES, weight_files
 from node.errors import ModelLoadError
 from node.service import Node, load_models
 from tests.conftest import node_config
+from tests.models import write_test_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,6 +64,34 @@ def test_onnxruntime_backend_scores_as_pytorch_does(model_dir: Path, tmp_path: P
     assert load_classifier(model_dir / "knee.json", backend="auto", cache_dir=tmp_path).backend == "onnxruntime"
     with pytest.raises(ModelLoadError, match="runs on the CPU"):
         load_classifier(model_dir / "knee.json", device="cuda", backend="onnxruntime")
+
+
+def test_top_cells_pooling_scores_the_hottest_cells(tmp_path: Path) -> None:
+    """A card with `cell_pooling: top2` scores an image by the mean of its 2 highest cell logits, on PyTorch
+    and on onnxruntime alike (an export of its own); the same weights pooled by the mean score otherwise."""
+    mean_card = write_test_model(tmp_path / "mean", "knee", "xray", seed=3, input_size=128)
+    top_card = write_test_model(tmp_path / "top", "knee", "xray", seed=3, input_size=128, cell_pooling="top2")
+    assert read_card(top_card).weights.sha256 == read_card(mean_card).weights.sha256
+    images = [torch.rand(128, 128).numpy() for _ in range(5)]
+    top, averaged = (load_classifier(card, backend="torch") for card in (top_card, mean_card))
+    cells = np.stack([top.activation_cells(image).reshape(-1) for image in images])  # 4 x 4 cells each
+    with torch.inference_mode():
+        logits = {c.card.cell_pooling: c.torch_network(c.input_batch(images)).reshape(-1).numpy()
+                  for c in (top, averaged)}
+    assert np.allclose(logits["top2"], np.sort(cells, axis=1)[:, -2:].mean(axis=1), rtol=1e-4, atol=1e-9)
+    assert np.allclose(logits["mean"], cells.mean(axis=1), rtol=1e-4, atol=1e-9)
+    assert (logits["top2"] > logits["mean"]).all()
+    fast = load_classifier(top_card, backend="onnxruntime", cache_dir=tmp_path / "cache")
+    assert np.allclose(fast.scores(images), top.scores(images), rtol=0, atol=1e-7)
+    assert [p.name.split("px")[1] for p in (tmp_path / "cache").glob("*.onnx")] == ["-top2-v2.onnx"]
+
+
+def test_card_with_unknown_cell_pooling_is_refused(model_copy: Path) -> None:
+    card = json.loads((model_copy / "knee.json").read_text())
+    card["cell_pooling"] = "max"
+    (model_copy / "knee.json").write_text(json.dumps(card))
+    with pytest.raises(ModelLoadError, match="invalid model card: cell_pooling"):
+        load_classifier(model_copy / "knee.json")
 
 
 def test_torch_runs_one_thread_where_onnxruntime_runs_every_model(model_dir: Path, tmp_path: Path) -> None:

@@ -148,7 +148,7 @@ def test_train_then_evaluate_reproduces_the_card(tmp_path: Path, capsys: pytest.
     weights = tmp_path / "weights"
     assert main(["train", "--data", str(tmp_path / "data"), "--model", "knee", "--input-size", "64",
                  "--epochs", "2", "--batch-size", "8", "--workers", "0", "--region-weight", "1",
-                 "--online-pairs", "4",
+                 "--online-pairs", "4", "--cell-pooling", "top4",
                  "--weights-dir", str(weights),
                  "--run-dir", str(tmp_path / "run")]) == 0
     card = json.loads((weights / "knee.json").read_text())
@@ -156,6 +156,7 @@ def test_train_then_evaluate_reproduces_the_card(tmp_path: Path, capsys: pytest.
     assert card["metrics"]["split"] == "test" and 0 <= card["metrics"]["roc_auc"] <= 1
     assert len(card["training"]["history"]) == 2
     assert card["training"]["spec"]["online_pairs"] == 4
+    assert card["cell_pooling"] == "top4"
     for plot in ("knee.roc.png", "knee.confusion.png", "knee.metrics.json"):
         assert (tmp_path / "run" / plot).stat().st_size > 0
     classifier = load_classifier(weights / "knee.json")
@@ -194,6 +195,13 @@ def test_leave_one_family_out_tests_on_groups_the_model_never_saw(tmp_path: Path
     assert report["images"] == len(expected) and report["manipulated"] >= 1
     assert not tested & trained_on
     assert (tmp_path / "lofo" / "held-out-splice.roc.png").stat().st_size > 0
+
+
+def test_unknown_cell_pooling_is_refused_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--data", str(tmp_path), "--cell-pooling", "max"])
+    assert exited.value.code == 2
+    assert "cell pooling 'max': use 'mean' or 'top<k>'" in capsys.readouterr().err
 
 
 def test_augmentation_moves_the_region_mask_with_the_image() -> None:

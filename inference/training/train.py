@@ -70,6 +70,7 @@ class TrainSpec:
     degrade_warmup: int = 0  # epochs over which the benign degradations' odds rise from 0 to full
     dropout: float = 0.0  # before the head, in training only
     drop_path: float = 0.0  # stochastic depth, in training only
+    cell_pooling: str = "mean"  # the image's logit from the cell logits: "mean" or "top<k>" (inference.pooling)
     resume: bool = True
     init_from: Path | None = None  # a model card whose weights training starts from (fine-tuning)
     progress: bool = True
@@ -246,7 +247,7 @@ def train(spec: TrainSpec) -> dict:
     prep = spec.preprocessing()
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     network = build_network(in_chans=2 if spec.residual else 1, drop_rate=spec.dropout,
-                            drop_path_rate=spec.drop_path)
+                            drop_path_rate=spec.drop_path, cell_pooling=spec.cell_pooling)
     network = network.to(device).to(memory_format=torch.channels_last)
     # training-only head: where the manipulation is, from the last feature map (not part of the model)
     region_head = torch.nn.Conv2d(network.num_features, 1, kernel_size=1).to(device)
@@ -341,6 +342,7 @@ def _finish(spec: TrainSpec, network: torch.nn.Module, scorer: Scorer, splits: d
     weights = save_weights(network.state_dict(), spec.weights_dir, spec.model_name)
     card = ModelCard(
         name=spec.model_name, input_size=spec.input_size, in_chans=2 if spec.residual else 1,
+        cell_pooling=spec.cell_pooling,
         preprocessing=card_preprocessing(spec),
         threshold=threshold, series_aggregation=spec.aggregation, weights=weights,  # type: ignore[arg-type]
         training={"command": spec.command, "data": spec.data_description or str(spec.data),
