@@ -14,6 +14,7 @@ import torch
 from scipy.ndimage import label
 
 from inference.letterbox import letterbox_geometry
+from inference.pooling import cell_logits
 
 FLAT_MAP = 1e-6  # logit spread below which a map points nowhere (numerical noise)
 
@@ -36,7 +37,7 @@ class Box:
 def activation_cells(network: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
     """The one-output linear head applied to every cell of the last feature map: per-cell logits (N, h, w)."""
     head = network.get_classifier()  # type: ignore[operator]
-    return torch.einsum("nchw,c->nhw", features.float(), head.weight[0].float()) + head.bias[0].float()
+    return cell_logits(features, head.weight, head.bias)
 
 
 def activation_maps(network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:

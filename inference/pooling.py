@@ -25,6 +25,12 @@ def top_cells(pooling: str) -> int | None:
     return None if pooling == MEAN else int(pooling[3:])
 
 
+def cell_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A one-output linear head (`weight` (1, C), `bias` (1,)) applied to every cell of an (N, C, H, W)
+    feature map: the per-cell logits (N, H, W), in float32."""
+    return torch.einsum("nchw,c->nhw", features.float(), weight[0].float()) + bias[0].float()
+
+
 class TopCellsHead(torch.nn.Module):
     """The one-output linear head applied to every cell of an (N, C, H, W) feature map, then the mean of
     the k highest cell logits: (N, 1). Its parameters keep the linear head's names and shapes."""
@@ -34,9 +40,8 @@ class TopCellsHead(torch.nn.Module):
         self.weight, self.bias, self.cells = linear.weight, linear.bias, cells
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        cells = torch.einsum("nchw,oc->nohw", features, self.weight).flatten(2) + self.bias[None, :, None]
-        top = cells.topk(min(self.cells, cells.shape[-1]), dim=-1).values
-        return top.mean(dim=-1)
+        cells = cell_logits(features, self.weight, self.bias).flatten(1)
+        return cells.topk(min(self.cells, cells.shape[-1]), dim=-1).values.mean(dim=-1, keepdim=True)
 
 
 def pool_cells(network: torch.nn.Module, pooling: str) -> torch.nn.Module:
