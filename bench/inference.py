@@ -143,8 +143,11 @@ def measure(model: str, folder: Path, count: int, repeats: int, compile_too: boo
 
     baseline, ort, path = "raw timm, eager float32 (baseline)", "model: onnxruntime", \
         "dfnode path, onnxruntime backend (default)"
-    # the ratios that matter, timed in turn so that the machine's load falls on all three alike
-    paired = alternating(count, {baseline: raw_forward, ort: ort_forward, path: node_path}, repeats)
+    prepared = "read + decode + preprocess only"
+    # the ratios that matter (the path's to the baseline, the preparation's share of the path), timed
+    # in turn so that the machine's load falls on all four alike
+    paired = alternating(count, {baseline: raw_forward, ort: ort_forward, path: node_path,
+                                 prepared: lambda: prepare_on_threads(files, eager, 1)}, repeats)
     processes = PreparingProcesses(THREADS)
     rows: list[tuple[str, float]] = [
         (baseline, paired[baseline]),
@@ -155,7 +158,7 @@ def measure(model: str, folder: Path, count: int, repeats: int, compile_too: boo
         rows.append(("model: torch.compile", rate(count, lambda: [compiled(b) for b in ready], repeats)))
     rows += [
         (ort, paired[ort]),
-        ("read + decode + preprocess only", rate(count, lambda: prepare_on_threads(files, eager, 1), repeats)),
+        (prepared, paired[prepared]),
         (f"read + decode + preprocess on {THREADS} threads at once",
          rate(count, lambda: prepare_on_threads(files, eager, THREADS), repeats)),
         (f"read + decode + preprocess in {THREADS} processes at once",

@@ -88,7 +88,10 @@ class Evaluator:
     def run_once(self) -> int:
         """Evaluate every due series; returns how many were evaluated."""
         done = 0
-        for series_id in self.due_series(time.time()):
+        due = self.due_series(time.time())
+        if due:  # instances that arrive while these are evaluated wake nobody: look again at once after
+            self.next_due_at = time.time()
+        for series_id in due:
             self.evaluating = series_id
             try:
                 if self.evaluate(series_id) is not None:

@@ -33,7 +33,8 @@ _REPLACE_INSTANCE = (update(Instance).where(Instance.id == bindparam("row_id"))
                              transfer_syntax=bindparam("syntax"), purged_at=None))
 _COUNT_INSTANCE = (update(Series).where(Series.id == bindparam("series_id"))
                    .values(instance_count=Series.instance_count + bindparam("added"),
-                           last_received_at=bindparam("now"), received_version=Series.received_version + 1))
+                           last_received_at=bindparam("now"), received_version=Series.received_version + 1)
+                   .returning(Series.route, Series.received_version, Series.evaluated_version))
 
 
 def spool_path(spool_dir: Path, instance: ReceivedInstance) -> Path:
@@ -59,17 +60,20 @@ class Ingest:
         path = spool_path(self.config.storage.spool_dir, instance)
         size = write_atomically(path, instance.write)
         try:
-            replaced, events = self._record(instance, path, size)
+            replaced, events, newly_due = self._record(instance, path, size)
         except SQLAlchemyError as exc:
             raise SpoolError(f"database write failed: {exc.__class__.__name__}") from exc
         self.budget.added(size - replaced)
         for event in events:
             emit(event)
-        self.wake.set()
+        if newly_due:
+            self.wake.set()
 
-    def _record(self, instance: ReceivedInstance, path: Path, size: int) -> tuple[int, list[AuditEvent]]:
+    def _record(self, instance: ReceivedInstance, path: Path, size: int) -> tuple[int, list[AuditEvent], bool]:
         """Record the instance and its audit events in one transaction; returns the size of the file it
-        replaced (0 for a new one) and the events, to be logged. Prepared Core statements on a plain
+        replaced (0 for a new one), the events, to be logged, and whether the instance made a routed
+        series wait for evaluation that did not before (the evaluator is woken only then: it keeps
+        track of a waiting series' stable time itself). Prepared Core statements on a plain
         connection: this runs once per instance received, and the ORM's bookkeeping would double its cost."""
         now = time.time()
         replaced = 0
@@ -99,7 +103,8 @@ class Ingest:
                 replaced = row.size if row.purged_at is None else 0
                 conn.execute(_REPLACE_INSTANCE, {"row_id": row.id, "new_size": size, "now": now,
                                                  "syntax": instance.transfer_syntax})
-            conn.execute(_COUNT_INSTANCE, {"series_id": series_id, "added": int(row is None), "now": now})
+            route, received, evaluated = conn.execute(
+                _COUNT_INSTANCE, {"series_id": series_id, "added": int(row is None), "now": now}).one()
             events.append(self.audit.add(conn, "instance.stored", **uids, **peer,
                                          sop_instance_uid=instance.sop_instance_uid,
                                          detail=f"{size} bytes, {instance.transfer_syntax}"
@@ -107,7 +112,7 @@ class Ingest:
         self._series_ids[instance.series_uid] = series_id  # only once committed
         while len(self._series_ids) > SERIES_ID_CACHE:
             self._series_ids.popitem(last=False)
-        return replaced, events
+        return replaced, events, route is not None and received == evaluated + 1
 
     def _new_series(self, instance: ReceivedInstance, now: float) -> dict[str, object]:
         """The columns of a new series row; its route is decided here, by its first instance."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pydicom
+import pytest
 from sqlalchemy import select
 
 from node.db import Instance, Series
@@ -106,3 +108,45 @@ def test_late_instance_gives_a_superseding_report(running_node: Node, receiver: 
     ref = predecessor.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
     assert ref.ReferencedSOPInstanceUID == first.SOPInstanceUID
     assert len(image_groups(second)) == 5
+
+
+class CountingWake(threading.Event):
+    """The ingest's wake-up call to the evaluator, counted on its way."""
+
+    def __init__(self, evaluator_wake: threading.Event):
+        super().__init__()
+        self.evaluator_wake, self.count = evaluator_wake, 0
+
+    def set(self) -> None:
+        self.count += 1
+        self.evaluator_wake.set()
+
+
+def test_evaluator_is_woken_once_per_waiting_series(running_node: Node, receiver: Receiver, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Receiving wakes the evaluator only when a routed series starts to wait for it; an instance that
+    arrives while its series is being evaluated still gets a superseding report."""
+    wake = CountingWake(running_node.evaluate_wake)
+    running_node.ingest.wake = wake
+    mr = [copy_with_new_uids(real_file("MR_small.dcm"), tmp_path / "mr") for _ in range(3)]  # no route
+    assert send(mr, running_node.port) == [0x0000] * 3
+    assert wake.count == 0
+    files = ct_series(tmp_path / "ct", slices=5)
+    commit = running_node.evaluator._commit
+    late: list[list[int | None]] = []
+
+    def commit_after_a_late_slice(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if not late:  # the evaluation has read its version: this slice waits for the next one
+            late.append(send(files[3:4], running_node.port))
+        return commit(*args, **kwargs)
+
+    monkeypatch.setattr(running_node.evaluator, "_commit", commit_after_a_late_slice)
+    assert send(files[:3], running_node.port) == [0x0000] * 3
+    assert wake.count == 1
+    reports = wait_for(lambda: len(receiver.reports()) == 2 and receiver.reports(), timeout=60)
+    assert late == [[0x0000]] and wake.count == 1
+    assert [len(image_groups(sr)) for sr in reports] == [4, 5]
+    assert send(files[4:], running_node.port) == [0x0000]
+    assert wake.count == 2
+    last = wait_for(lambda: len(receiver.reports()) == 3 and receiver.reports()[2], timeout=60)
+    assert len(image_groups(last)) == 6
