@@ -155,7 +155,14 @@ def measure(model: str, folder: Path, count: int, repeats: int, compile_too: boo
     ]
     if compile_too:
         compiled = torch.compile(eager.torch_network)
-        rows.append(("model: torch.compile", rate(count, lambda: [compiled(b) for b in ready], repeats)))
+
+        def compiled_forward() -> None:
+            with torch.inference_mode():
+                for b in ready:
+                    compiled(b)
+
+        rows.append(("model: torch.compile (inductor) + channels_last + inference_mode",
+                     rate(count, compiled_forward, repeats)))
     rows += [
         (ort, paired[ort]),
         (prepared, paired[prepared]),

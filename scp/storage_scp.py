@@ -14,8 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol, cast
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
+from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -23,6 +22,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from node.config import NodeSettings, Peer
 from node.errors import SpoolError
 from scp import statuses
+from scp.file_meta import part10_header
 from scp.listener import DeferredHandshakeServer, start_listener
 from scp.spool import is_valid_uid
 
@@ -122,10 +122,9 @@ def _handle_echo(event: evt.Event) -> int:
     return statuses.SUCCESS
 
 
-def _part10_writer(file_meta: FileMetaDataset, dataset_bytes: bytes) -> Callable[[BinaryIO], None]:
+def _part10_writer(header: bytes, dataset_bytes: bytes) -> Callable[[BinaryIO], None]:
     def write(f: BinaryIO) -> None:
-        f.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(f, file_meta, enforce_standard=True)  # type: ignore[arg-type]
+        f.write(header)
         f.write(dataset_bytes)
 
     return write
@@ -151,8 +150,10 @@ def _checked_instance(event: evt.Event) -> ReceivedInstance | tuple[int, str]:
     if sop_class != str(request.AffectedSOPClassUID):
         return statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPClassUID differs from the C-STORE request's"
     raw = request.DataSet.getvalue() if request.DataSet is not None else b""
-    return ReceivedInstance(sop_class, sop_uid, study_uid, series_uid, str(event.context.transfer_syntax),
-                            event.assoc.requestor.ae_title.strip(), header, _part10_writer(event.file_meta, raw),
+    syntax = str(event.context.transfer_syntax)
+    return ReceivedInstance(sop_class, sop_uid, study_uid, series_uid, syntax,
+                            event.assoc.requestor.ae_title.strip(), header,
+                            _part10_writer(part10_header(sop_class, sop_uid, syntax), raw),
                             len(raw), event.assoc.requestor.address)
 
 

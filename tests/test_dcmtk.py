@@ -102,4 +102,8 @@ def test_storescu_proposing_a_compressed_syntax_is_accepted(dcmtk_node: Node, tm
     assert len(stored) == 1
     sent_syntax = pydicom.dcmread(source, stop_before_pixels=True).file_meta.TransferSyntaxUID
     expected = "1.2.840.10008.1.2.1.99" if option == "-xd" else sent_syntax
-    assert pydicom.dcmread(stored[0], stop_before_pixels=True).file_meta.TransferSyntaxUID == expected
+    meta = pydicom.dcmread(stored[0], stop_before_pixels=True).file_meta
+    assert meta.TransferSyntaxUID == expected
+    assert meta.MediaStorageSOPInstanceUID == pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID
+    check = run_tool(require_tool("dcmftest"), str(stored[0]))  # DCMTK: is it a Part 10 file?
+    assert check.returncode == 0 and check.stdout.startswith("yes:"), check.stdout + check.stderr
