@@ -2,8 +2,8 @@
 
 A received dataset is spooled as these bytes followed by the dataset's bytes as they arrived. The
 elements and values are those pydicom writes for pynetdicom's `Event.file_meta` (tested byte for
-byte), at a hundredth of the cost: about 0.75 ms per instance on this project's CI machine, a
-twentieth of what receiving one costs there.
+byte): 4 microseconds per instance on this project's CI machine against 0.75 ms for pynetdicom's
+and pydicom's way, where receiving an instance costs about 15 ms in all.
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ def test_header_equals_pydicoms_for_every_transfer_syntax(syntax: str) -> None:
 
 @pytest.mark.parametrize("length", range(1, 65))
 def test_header_equals_pydicoms_for_uids_of_every_length(length: int) -> None:
-    uid = ("1." + "2" * 64)[:length].rstrip(".") or "1"
+    uid = ("1.2." + "3" * 60)[:length]
+    uid = uid[:-1] + "5" if uid.endswith(".") else uid  # a valid UID of exactly `length` characters
+    assert len(uid) == length
     syntax = "1.2.840.10008.1.2.1"
     header = part10_header(uid, uid, syntax)
     assert header == pydicoms_header(uid, uid, syntax)
