@@ -7,10 +7,26 @@ Box averaging is linear, so a linear step (rescale, window) may run before or af
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import numpy as np
 from PIL import Image
 
+
+def _compiled_module() -> ModuleType | None:
+    """`inference._clipped_box`, compiled at install where a C compiler is found (setup.py); None
+    without it, and numpy does the same work."""
+    try:
+        from inference import _clipped_box
+    except ImportError:
+        return None
+    return _clipped_box
+
+
+_clipped_box = _compiled_module()
+
 REDUCING_GAP = 2.0
+_COMPILED_TYPES = {np.dtype(np.uint8): "B", np.dtype(np.int8): "b", np.dtype(np.uint16): "H", np.dtype(np.int16): "h"}
 
 
 def letterbox_geometry(source_shape: tuple[int, int], size: int) -> tuple[float, int, int]:
@@ -34,11 +50,29 @@ def reduced(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def clipped_box_means(image: np.ndarray, factor: int, low: int, high: int) -> np.ndarray:
-    """`reduced(np.clip(image, low, high), factor)` for integer images, summed exactly in integers:
-    first each box column's `factor` rows (in 16 bits where the clipped values allow), then the
-    columns. No full-size clipped or float copy: on a radiograph, a third less time than the float route."""
+    """`reduced(np.clip(image, low, high), factor)` for integer images, summed exactly in integers.
+    8- and 16-bit images go through the compiled one-pass version where it is built, others (and every
+    image without it) through `numpy_clipped_box_means`; both give the same bits."""
     if factor == 1:
         return np.clip(image, low, high).astype(np.float32)
+    code = _COMPILED_TYPES.get(image.dtype)
+    if _clipped_box is None or code is None or not image.flags.c_contiguous or not (
+            np.iinfo(image.dtype).min <= low <= high <= np.iinfo(image.dtype).max):
+        return numpy_clipped_box_means(image, factor, low, high)
+    h, w = image.shape
+    means = np.empty((-(-h // factor), -(-w // factor)), np.float32)
+    _clipped_box.clipped_box_means(image, h, w, code, factor, low, high, means)
+    return means
+
+
+def compiled_box_means_built() -> bool:
+    """Whether the install compiled `inference._clipped_box` (the fast route of `clipped_box_means`)."""
+    return _clipped_box is not None
+
+
+def numpy_clipped_box_means(image: np.ndarray, factor: int, low: int, high: int) -> np.ndarray:
+    """`clipped_box_means` in numpy: first each box column's `factor` rows (in 16 bits where the clipped
+    values allow), then the columns. No full-size clipped or float copy."""
     h, w = image.shape
     rows, cols = -(-h // factor), -(-w // factor)
     largest = max(abs(low), abs(high))

@@ -7,7 +7,16 @@ import pydicom
 import pytest
 import torch
 
-from inference.letterbox import clipped_box_means, fit_to_square, letterbox_geometry, reduced, reduction_factor
+from inference import letterbox
+from inference.letterbox import (
+    clipped_box_means,
+    compiled_box_means_built,
+    fit_to_square,
+    letterbox_geometry,
+    numpy_clipped_box_means,
+    reduced,
+    reduction_factor,
+)
 from inference.model import binomial_blur, noise_residual
 from inference.pixels import keep_header_only, native_frames, read_image, stored_frames
 from inference.preprocess import (
@@ -222,6 +231,58 @@ def test_integer_box_means_equal_averaging_the_clipped_image(dtype, low: int, hi
     pillow = reduced(np.clip(image, low, high).astype(np.float32), factor)
     assert ours.shape == pillow.shape == (-(-203 // factor), -(-157 // factor))
     np.testing.assert_allclose(ours, pillow, rtol=1e-6, atol=1e-3)
+
+
+def test_the_install_compiled_the_one_pass_box_means() -> None:
+    """`make test` builds `inference._clipped_box` (a C compiler is part of the developer's machine); a node
+    installed without one falls back to numpy, which the tests below compare it with."""
+    assert compiled_box_means_built()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
+@pytest.mark.parametrize(("rows", "cols"), [(203, 157), (1, 40), (40, 1), (3, 3), (64, 64), (257, 1031)])
+@pytest.mark.parametrize("factor", [2, 3, 4, 5, 7, 16, 300])
+def test_compiled_box_means_are_numpys_bit_for_bit(dtype, rows: int, cols: int, factor: int) -> None:
+    """Every pixel type, images smaller than a box and with short edge boxes, windows from one value to the
+    type's whole range: the compiled route gives exactly the numpy route's float32 means."""
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(rows * cols + factor)
+    image = rng.integers(info.min, info.max, size=(rows, cols), endpoint=True).astype(dtype)
+    middle = (int(info.min) + int(info.max)) // 2
+    for low, high in [(info.min, info.max), (middle - 20, middle + 37), (middle, middle), (info.min, info.min + 1)]:
+        compiled = clipped_box_means(image, factor, int(low), int(high))
+        assert compiled.dtype == np.float32
+        np.testing.assert_array_equal(compiled, numpy_clipped_box_means(image, factor, int(low), int(high)))
+
+
+def test_box_means_of_a_strided_view_or_other_types_take_the_numpy_route() -> None:
+    """What the compiled route does not take (a non-contiguous view, 32-bit pixels) gives the same result
+    through numpy."""
+    image = np.random.default_rng(5).integers(0, 4000, size=(120, 90)).astype(np.uint16)
+    view = image[:, ::2]
+    np.testing.assert_array_equal(clipped_box_means(view, 3, 100, 3000),
+                                  numpy_clipped_box_means(np.ascontiguousarray(view), 3, 100, 3000))
+    wide = image.astype(np.int32) - 2000
+    np.testing.assert_allclose(clipped_box_means(wide, 4, -70000, 1500),
+                               reduced(np.clip(wide, -70000, 1500).astype(np.float32), 4), rtol=1e-6)
+
+
+@pytest.mark.skipif(not compiled_box_means_built(), reason="inference._clipped_box not built")
+def test_the_compiled_box_means_refuse_a_short_buffer_or_wrong_output() -> None:
+    """Wrong sizes are a ValueError naming the problem, never a read or write past a buffer."""
+    compiled = letterbox._clipped_box
+    assert compiled is not None
+    image = np.zeros((10, 10), np.uint16)
+    with pytest.raises(ValueError, match="shorter"):
+        compiled.clipped_box_means(image, 11, 10, "H", 2, 0, 10, np.empty((6, 5), np.float32))
+    with pytest.raises(ValueError, match="output"):
+        compiled.clipped_box_means(image, 10, 10, "H", 2, 0, 10, np.empty((5, 4), np.float32))
+    with pytest.raises(ValueError, match="type code"):
+        compiled.clipped_box_means(image, 10, 10, "I", 2, 0, 10, np.empty((5, 5), np.float32))
+    with pytest.raises(ValueError, match="factor"):
+        compiled.clipped_box_means(image, 10, 10, "H", 0, 0, 10, np.empty((5, 5), np.float32))
+    with pytest.raises(TypeError):
+        compiled.clipped_box_means(image, 10, 10, "H", 2, 0, 10, b"read-only")
 
 
 def test_pixels_mapped_from_the_file_are_pydicoms(tmp_path) -> None:
