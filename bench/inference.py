@@ -24,6 +24,7 @@ import torch
 
 from bench.common import REPO, median, print_table
 from inference.allocator import reuse_large_buffers
+from inference.letterbox import compiled_box_means_built
 from inference.model import Classifier, load_classifier, torch_threads_for
 from inference.pixels import read_image
 from inference.preparing import PreparingProcesses
@@ -264,7 +265,8 @@ def main() -> None:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     where = f"CPU, batch {BATCH}" if args.device == "cpu" else torch.cuda.get_device_name(torch.device(args.device))
-    print_table(f"Inference, {where}, {args.images} images per run, median of {args.repeats}",
+    box = "compiled" if compiled_box_means_built() else "numpy (inference._clipped_box not built)"
+    print_table(f"Inference, {where}, {args.images} images per run, median of {args.repeats}, radiographs' box: {box}",
                 ["model", "what runs", "images/s", "vs raw timm"], rows)
 
 
