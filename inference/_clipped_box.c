@@ -112,7 +112,7 @@ static PyObject *clipped_box_means(PyObject *self, PyObject *args)
         PyErr_Format(PyExc_ValueError, "unsupported pixel type code %c", code);
     } else if (rows < 1 || cols < 1 || factor < 1 || factor > 32768 || low > high) {
         PyErr_SetString(PyExc_ValueError, "need rows, cols >= 1, 1 <= factor <= 32768 and low <= high");
-    } else if (image.len < rows * cols * itemsize) {
+    } else if (rows > PY_SSIZE_T_MAX / cols / itemsize || image.len < rows * cols * itemsize) {
         PyErr_SetString(PyExc_ValueError, "image buffer shorter than rows x cols pixels");
     } else if (out.len != out_rows * out_cols * (Py_ssize_t)sizeof(float)) {
         PyErr_SetString(PyExc_ValueError, "output buffer is not ceil(rows/factor) x ceil(cols/factor) float32");

@@ -26,6 +26,7 @@ def _compiled_module() -> ModuleType | None:
 _clipped_box = _compiled_module()
 
 REDUCING_GAP = 2.0
+MAX_COMPILED_FACTOR = 32768  # 65,535 x 32,768 still fits the compiled module's 32-bit row sums
 _COMPILED_TYPES = {np.dtype(np.uint8): "B", np.dtype(np.int8): "b", np.dtype(np.uint16): "H", np.dtype(np.int16): "h"}
 
 
@@ -56,13 +57,19 @@ def clipped_box_means(image: np.ndarray, factor: int, low: int, high: int) -> np
     if factor == 1:
         return np.clip(image, low, high).astype(np.float32)
     code = _COMPILED_TYPES.get(image.dtype)
-    if _clipped_box is None or code is None or not image.flags.c_contiguous or not (
-            np.iinfo(image.dtype).min <= low <= high <= np.iinfo(image.dtype).max):
+    if _clipped_box is None or code is None or not _compiled_route_takes(image, factor, low, high):
         return numpy_clipped_box_means(image, factor, low, high)
     h, w = image.shape
     means = np.empty((-(-h // factor), -(-w // factor)), np.float32)
     _clipped_box.clipped_box_means(image, h, w, code, factor, low, high, means)
     return means
+
+
+def _compiled_route_takes(image: np.ndarray, factor: int, low: int, high: int) -> bool:
+    """Whether the compiled module sums this 8- or 16-bit image: C-ordered, a window within its type's
+    range, and a factor whose 32-bit row sums cannot overflow."""
+    info = np.iinfo(image.dtype)
+    return image.flags.c_contiguous and info.min <= low <= high <= info.max and factor <= MAX_COMPILED_FACTOR
 
 
 def compiled_box_means_built() -> bool:

@@ -256,8 +256,8 @@ def test_compiled_box_means_are_numpys_bit_for_bit(dtype, rows: int, cols: int, 
 
 
 def test_box_means_of_a_strided_view_or_other_types_take_the_numpy_route() -> None:
-    """What the compiled route does not take (a non-contiguous view, 32-bit pixels) gives the same result
-    through numpy."""
+    """What the compiled route does not take (a non-contiguous view, 32-bit pixels, a factor beyond its
+    32-bit row sums) gives the same result through numpy."""
     image = np.random.default_rng(5).integers(0, 4000, size=(120, 90)).astype(np.uint16)
     view = image[:, ::2]
     np.testing.assert_array_equal(clipped_box_means(view, 3, 100, 3000),
@@ -265,6 +265,8 @@ def test_box_means_of_a_strided_view_or_other_types_take_the_numpy_route() -> No
     wide = image.astype(np.int32) - 2000
     np.testing.assert_allclose(clipped_box_means(wide, 4, -70000, 1500),
                                reduced(np.clip(wide, -70000, 1500).astype(np.float32), 4), rtol=1e-6)
+    line = np.full((1, 40000), 65535, np.uint16)
+    np.testing.assert_array_equal(clipped_box_means(line, 40000, 0, 65535), [[65535.0]])
 
 
 @pytest.mark.skipif(not compiled_box_means_built(), reason="inference._clipped_box not built")
@@ -275,6 +277,8 @@ def test_the_compiled_box_means_refuse_a_short_buffer_or_wrong_output() -> None:
     image = np.zeros((10, 10), np.uint16)
     with pytest.raises(ValueError, match="shorter"):
         compiled.clipped_box_means(image, 11, 10, "H", 2, 0, 10, np.empty((6, 5), np.float32))
+    with pytest.raises(ValueError, match="shorter"):  # rows x cols beyond any size: no overflow
+        compiled.clipped_box_means(image, 2**62, 2**62, "H", 2, 0, 10, np.empty((5, 5), np.float32))
     with pytest.raises(ValueError, match="output"):
         compiled.clipped_box_means(image, 10, 10, "H", 2, 0, 10, np.empty((5, 4), np.float32))
     with pytest.raises(ValueError, match="type code"):
