@@ -31,10 +31,11 @@ def banner_text(verdict: Verdict, score: float | None) -> str:
 def render(grey: np.ndarray, box: Box | None, banner: str) -> np.ndarray:
     """RGB uint8 pixels: the [0, 1] image (scaled to at most MAX_SIDE), the box, a banner strip on top."""
     scale = min(1.0, MAX_SIDE / max(grey.shape))
-    picture = Image.fromarray(np.clip(grey * 255 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
-    if scale < 1.0:
+    picture = Image.fromarray(np.clip(grey * 255 + 0.5, 0, 255).astype(np.uint8))
+    if scale < 1.0:  # scaled while grey: the same pixels as scaling in RGB, a third of the work
         picture = picture.resize((max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale))),
                                  Image.Resampling.LANCZOS)
+    picture = picture.convert("RGB")
     width = picture.width
     font_size = max(10, min(40, width // 24))
     font = ImageFont.load_default(size=font_size)

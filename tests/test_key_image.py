@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 
 from inference.model import load_classifier
 from node.db import Database
 from node.service import Node
+from sr.key_image import MAX_SIDE, render
 from tests.conftest import node_config, write_test_model
 from tests.helpers import Receiver, copy_with_new_uids, ct_series, real_file, send, wait_for
 from tests.sr_contract import check_key_image, check_report, region_box, region_groups
@@ -92,3 +95,15 @@ def test_database_from_an_older_release_gains_the_key_image_column(tmp_path: Pat
         columns = {row[1] for row in connection.execute("PRAGMA table_info(reports)")}
     db.close()
     assert "key_image_path" in columns
+
+
+def test_a_large_image_is_scaled_to_the_key_images_side_with_lanczos_in_every_channel() -> None:
+    """The picture under the banner is the grey image scaled to MAX_SIDE with Lanczos, the same pixels in
+    R, G and B (scaled while grey; scaling the RGB image gives the same bytes, at three times the work)."""
+    grey = np.random.default_rng(3).random((2000, 1500), dtype=np.float32)
+    pixels = render(grey, None, "DEEPFAKE SCREEN: NOT SUSPECTED 3%")
+    size = (round(1500 * MAX_SIDE / 2000), MAX_SIDE)
+    as_rgb = Image.fromarray(np.clip(grey * 255 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    expected = np.asarray(as_rgb.resize(size, Image.Resampling.LANCZOS))
+    assert pixels.shape[1:] == (size[0], 3) and pixels.shape[0] > MAX_SIDE  # the banner strip on top
+    np.testing.assert_array_equal(pixels[-MAX_SIDE:], expected)
