@@ -90,3 +90,16 @@ def storescu(port: int, called: str, files: list[Path], extra_env: dict[str, str
                              *map(str, files)], capture_output=True, text=True, env=env, timeout=600)
     if result.returncode != 0:
         raise RuntimeError(f"storescu to {called} failed: {result.stderr[-500:]}")
+
+
+def start_storescp(folder: Path, port: int, *options: str) -> subprocess.Popen[bytes]:
+    """DCMTK's storescp as AE `PACS` on `port`, writing into `folder` (created), with `TCP_NODELAY=1`
+    (which it needs on loopback); returns once it listens."""
+    from tests.helpers import listening, require_tool, wait_for
+
+    folder.mkdir(parents=True)
+    process = subprocess.Popen([require_tool("storescp"), "-aet", "PACS", "-od", str(folder), *options, str(port)],
+                               env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: listening(port), timeout=20)
+    return process

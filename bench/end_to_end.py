@@ -16,14 +16,13 @@ which takes about 0.1 s to accept an association and 0.25 s after the node's rea
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
 from pathlib import Path
 from typing import Protocol
 
 import pydicom
 
-from bench.common import REPO, in_temp_folder, median, percentile, print_table, with_new_uids
+from bench.common import REPO, in_temp_folder, median, percentile, print_table, start_storescp, with_new_uids
 from inference.model import Classifier, load_classifier
 from inference.scoring import score_files
 from node.config import load_config
@@ -33,9 +32,7 @@ from tests.helpers import (
     copy_with_new_uids,
     ct_series,
     free_port,
-    listening,
     real_file,
-    require_tool,
     send,
     wait_for,
 )
@@ -82,13 +79,8 @@ class StorescpPacs:
 
     def __init__(self, folder: Path) -> None:
         self.folder, self.port = folder, free_port()
-        folder.mkdir(parents=True)
         self.seen: dict[Path, tuple[float, pydicom.Dataset]] = {}
-        self.process = subprocess.Popen(
-            [require_tool("storescp"), "-aet", "PACS", "-od", str(folder), "-xcr", "touch '#p/#f.arrived'",
-             str(self.port)], env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: listening(self.port), timeout=20)
+        self.process = start_storescp(folder, self.port, "-xcr", "touch '#p/#f.arrived'")
 
     def report(self, study: str) -> tuple[float, pydicom.Dataset] | None:
         for marker in self.folder.glob("*.arrived"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -18,9 +17,9 @@ from pathlib import Path
 import pydicom
 from pynetdicom import AE
 
-from bench.common import REPO, in_temp_folder, median, percentile, print_table, storescu, with_new_uids
+from bench.common import REPO, in_temp_folder, median, percentile, print_table, start_storescp, storescu, with_new_uids
 from tests.conftest import node_config_raw
-from tests.helpers import ct_series, free_port, listening, wait_for
+from tests.helpers import ct_series, free_port, wait_for
 from tests.orthanc import start_orthanc
 from tests.serve_process import ServeProcess, start_serve, write_config
 
@@ -36,11 +35,7 @@ class Targets:
         raw = node_config_raw(folder / "dfnode", REPO / "weights", free_port(), node={"port": self.dfnode_port})
         raw["logging"] = {"format": "text", "level": "info"}
         self.dfnode = start_serve(write_config(raw, folder / "dfnode.yaml"), self.dfnode_port, folder / "dfnode.log")
-        (folder / "storescp").mkdir()
-        self.storescp = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(folder / "storescp"),
-                                          str(self.storescp_port)], env={"TCP_NODELAY": "1", "PATH": "/usr/bin"},
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: listening(self.storescp_port), timeout=20)
+        self.storescp = start_storescp(folder / "storescp", self.storescp_port)
         self.orthanc = start_orthanc(folder / "orthanc")
 
     def ports(self) -> dict[str, tuple[int, str]]:
