@@ -1,6 +1,8 @@
 """Receiving: DCMTK storescu sends a 300-slice CT series (512 x 512, 16-bit) to dfnode, to DCMTK's
 storescp and to Orthanc, alternating, in one run; then dfnode again while it evaluates another
-series; then 4 senders at once; and the C-STORE response latency, idle and during inference.
+series; then 4 senders at once; and the C-STORE response latency, idle and during inference. Each
+timed transfer starts with the page cache written out (`os.sync`), so that no receiver waits for the
+files this benchmark, or the receiver before it, left unwritten.
 
     .venv/bin/python -m bench.receive [--slices 300] [--rounds 3]
 """
@@ -8,6 +10,7 @@ series; then 4 senders at once; and the C-STORE response latency, idle and durin
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import threading
 import time
@@ -52,6 +55,7 @@ class Targets:
 def timed_send(port: int, called: str, files: list[Path], senders: int = 1) -> float:
     """Seconds for `senders` storescu processes to send `files` between them."""
     parts = [files[i::senders] for i in range(senders)]
+    os.sync()  # see `latencies`
     started = time.perf_counter()
     threads = [threading.Thread(target=storescu, args=(port, called, part)) for part in parts]
     for t in threads:
@@ -83,6 +87,10 @@ def reported_after(serve: ServeProcess, reports: int) -> Callable[[], bool]:
 def latencies(port: int, files: list[Path]) -> list[float]:
     """Milliseconds from each C-STORE request to its response, one association."""
     datasets = [pydicom.dcmread(p) for p in files]
+    # the copies just written, and what the previous receiver stored without syncing, out to the disk
+    # first: dfnode syncs each instance before answering, and would otherwise wait for them (a C-STORE
+    # taking 200 to 400 ms while the kernel wrote out this benchmark's 158 MB)
+    os.sync()
     ae = AE(ae_title="PACS")
     ae.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
     assoc = ae.associate("127.0.0.1", port, ae_title="DFNODE")

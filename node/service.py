@@ -23,6 +23,7 @@ from node.db import Database
 from node.delivery import Deliverer
 from node.errors import ConfigError, ModelLoadError
 from node.evaluation import Evaluator
+from node.heap import freeze_start_up_objects
 from node.ingest import Ingest
 from node.metrics import Metrics
 from node.predict import Models
@@ -260,6 +261,7 @@ class Node:
 def run_forever(config: Config) -> int:
     """`dfnode serve`: run until SIGINT or SIGTERM."""
     node = Node(config).start()
+    log.debug("%d objects of start-up left out of garbage collection", freeze_start_up_objects())
     log.info("dfnode ready: AE %s on %s, models: %s, data under %s", config.node.ae_title, node.listening(),
              node.models(), config.storage.data_dir)
     if not compiled_box_means_built():
