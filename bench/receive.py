@@ -56,6 +56,7 @@ class Targets:
 
 
 NODELAY_SENDER = ", sender TCP_NODELAY=1"
+SENDERS: tuple[tuple[str, dict[str, str] | None], ...] = (("", None), (NODELAY_SENDER, {"TCP_NODELAY": "1"}))
 
 
 def timed_send(port: int, called: str, files: list[Path], senders: int = 1,
@@ -142,13 +143,11 @@ def run(folder: Path, slices: int, rounds: int) -> None:
     try:
         for r in range(rounds):
             for name, (port, called) in targets.ports().items():
-                files = with_new_uids(unrouted, folder / f"send-{name}-{r}")
-                seconds.setdefault(name, []).append(timed_send(port, called, files))
-                seconds.setdefault(name + NODELAY_SENDER, []).append(
-                    timed_send(port, called, with_new_uids(unrouted, folder / f"send-{name}-{r}-nodelay"),
-                               sender_env={"TCP_NODELAY": "1"}))
-                shutil.rmtree(folder / f"send-{name}-{r}")
-                shutil.rmtree(folder / f"send-{name}-{r}-nodelay")
+                for suffix, sender_env in SENDERS:
+                    copy = folder / f"send-{name}-{r}{suffix}"
+                    seconds.setdefault(name + suffix, []).append(
+                        timed_send(port, called, with_new_uids(unrouted, copy), sender_env=sender_env))
+                    shutil.rmtree(copy)
             files = with_new_uids(unrouted, folder / f"send-busy-{r}")
             reports = start_inference(targets.dfnode, targets.dfnode_port, routed, folder / f"routed-{r}")
             seconds.setdefault("dfnode, inference running", []).append(
