@@ -33,7 +33,8 @@ from node.spool_budget import SpoolBudget
 from node.users import SetupToken
 from node.web.app import ConsoleContext, build_app
 from node.web.server import ConsoleServer
-from scp.listener import DeferredHandshakeServer
+from scp.association import Association
+from scp.listener import AssociationServer
 from scp.spool import remove_partial_files
 from scp.storage_scp import PeerPolicy, TlsListener, start_storage_scp
 from scp.tls import TlsContexts
@@ -134,7 +135,7 @@ class Node:
         self.evaluator = Evaluator(config, self.db, self.audit, self.classifiers,
                                    _device_uid(config.storage.data_dir), self.metrics.observe_inference)
         self.deliverer = Deliverer(config, self.db, self.audit, self.tls.client)
-        self.servers: list[DeferredHandshakeServer] = []
+        self.servers: list[AssociationServer] = []
         self.threads: list[_Loop] = []
         self.console: ConsoleServer | None = None
 
@@ -237,11 +238,11 @@ class Node:
         self.db.close()
 
 
-    def _drain(self, servers: list[DeferredHandshakeServer]) -> None:
+    def _drain(self, servers: list[AssociationServer]) -> None:
         for server in servers:
             server.shutdown()  # the listening socket closes; open associations go on in their threads
 
-        def still_open() -> list:  # type: ignore[type-arg]
+        def still_open() -> list[Association]:
             return [assoc for server in servers for assoc in server.active_associations]
 
         deadline = time.monotonic() + self.config.node.drain_seconds
@@ -254,7 +255,7 @@ class Node:
             open_associations = still_open()
         for assoc in open_associations:
             log.warning("aborting association with %s after %.0fs: it did not finish",
-                        assoc.requestor.ae_title, self.config.node.drain_seconds)
+                        assoc.calling_ae, self.config.node.drain_seconds)
             assoc.abort()
 
 

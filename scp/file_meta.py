@@ -1,16 +1,16 @@
 """The Part 10 header of a received instance (preamble, "DICM", File Meta Information), encoded directly.
 
 A received dataset is spooled as these bytes followed by the dataset's bytes as they arrived. The
-elements and values are those pydicom writes for pynetdicom's `Event.file_meta` (tested byte for
-byte): 4 microseconds per instance on this project's CI machine against 0.75 ms for pynetdicom's
-and pydicom's way, where receiving an instance costs about 15 ms in all.
+elements and values are those pydicom writes for the same File Meta (tested byte for byte), with
+dfnode as the implementation: 4 microseconds per instance on this project's CI machine against
+0.75 ms for pydicom's way.
 """
 
 from __future__ import annotations
 
 import struct
 
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+from scp.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
 _VERSION = b"\x00\x01"  # File Meta Information Version
@@ -33,8 +33,8 @@ def _text(text: str) -> bytes:
     return raw + b" " if len(raw) % 2 else raw
 
 
-_IMPLEMENTATION = (_short(0x0012, b"UI", _uid(str(PYNETDICOM_IMPLEMENTATION_UID)))
-                   + _short(0x0013, b"SH", _text(PYNETDICOM_IMPLEMENTATION_VERSION)))
+_IMPLEMENTATION = (_short(0x0012, b"UI", _uid(IMPLEMENTATION_CLASS_UID))
+                   + _short(0x0013, b"SH", _text(IMPLEMENTATION_VERSION)))
 
 
 def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:

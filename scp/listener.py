@@ -1,26 +1,27 @@
-"""The listening socket: pynetdicom's threaded server, with the TLS handshake moved off the accept thread.
+"""The listening socket: one thread per connection, the TLS handshake on that thread, a shared limit
+on open associations.
 
-pynetdicom wraps each accepted socket in TLS inside `get_request`, on the one thread that accepts
-connections, so a client that connects and then says nothing stalls every other peer until the
-network timeout. Here the accept thread only wraps the socket; the handshake runs on the
-connection's own thread, bounded by `handshake_timeout`, and a failure is reported and closed.
+The accept thread only accepts (and wraps a TLS socket without a handshake), so a client that
+connects and then says nothing holds up no other peer: its handshake runs on its own thread,
+bounded by `handshake_timeout`, and a failure is reported and closed.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import socketserver
 import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from pynetdicom import AE
-from pynetdicom.transport import ThreadedAssociationServer
+from scp.association import Association
 
 log = logging.getLogger(__name__)
 
 RefusalFn = Callable[[str, str], None]  # (peer address, why)
+AssociationFactory = Callable[[socket.socket, str], Association]  # (connection, peer address)
 
 
 def describe_tls_failure(exc: BaseException) -> str:
@@ -31,46 +32,98 @@ def describe_tls_failure(exc: BaseException) -> str:
     return f"TLS handshake failed: {reason}"
 
 
-class DeferredHandshakeServer(ThreadedAssociationServer):
-    """A `ThreadedAssociationServer` whose TLS handshakes run on the connection threads."""
+class AssociationSlots:
+    """The admitted associations of every listener of the node, at most `maximum` of them."""
 
-    handshake_timeout: float = 10.0
-    on_refused: RefusalFn = staticmethod(lambda address, why: None)  # type: ignore[assignment]
+    def __init__(self, maximum: int):
+        self.maximum = maximum
+        self._open: set[Association] = set()
+        self._lock = threading.Lock()
 
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        assert self.socket is not None
+    def take(self, association: Association) -> bool:
+        with self._lock:
+            if len(self._open) >= self.maximum:
+                return False
+            self._open.add(association)
+            return True
+
+    def give_back(self, association: Association) -> None:
+        with self._lock:
+            self._open.discard(association)
+
+
+class AssociationServer(socketserver.ThreadingTCPServer):
+    """Accepts connections on one address and serves each as an `Association` on its own thread."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], new_association: AssociationFactory, slots: AssociationSlots,
+                 ssl_context: ssl.SSLContext | None, handshake_timeout: float, on_refused: RefusalFn):
+        super().__init__(address, socketserver.BaseRequestHandler)
+        self.new_association = new_association
+        self.slots = slots
+        self.ssl_context = ssl_context
+        self.handshake_timeout = handshake_timeout
+        self.on_refused = on_refused
+        self._running: set[Association] = set()
+        self._running_lock = threading.Lock()
+
+    @property
+    def active_associations(self) -> list[Association]:
+        """This listener's connections that are still being served."""
+        with self._running_lock:
+            return list(self._running)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
         client, address = self.socket.accept()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each answer goes out whole, at once
         if self.ssl_context is not None:
             client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        if isinstance(request, ssl.SSLSocket):
-            try:
-                request.settimeout(self.handshake_timeout)
-                request.do_handshake()
-                request.settimeout(None)
-            except (OSError, ValueError) as exc:  # ssl.SSLError and timeouts are OSErrors
-                self._refuse(request, str(client_address[0]), describe_tls_failure(exc))
-                return
-        super().process_request_thread(request, client_address)
-
-    def _refuse(self, request: ssl.SSLSocket, address: str, why: str) -> None:
+        address = str(client_address[0])
         try:
-            self.on_refused(address, why)
-        except Exception:  # reporting must not keep the socket open
-            log.exception("TLS refusal not reported")
-        self.shutdown_request(request)
+            if isinstance(request, ssl.SSLSocket) and not self._handshake(request, address):
+                return
+            association = self.new_association(request, address)
+            with self._running_lock:
+                self._running.add(association)
+            try:
+                association.run()
+            finally:
+                self.slots.give_back(association)
+                with self._running_lock:
+                    self._running.discard(association)
+        except Exception:  # one connection's failure must not reach the server's thread
+            log.exception("connection from %s failed", address)
+        finally:
+            self.shutdown_request(request)
+
+    def _handshake(self, request: ssl.SSLSocket, address: str) -> bool:
+        try:
+            request.settimeout(self.handshake_timeout)
+            request.do_handshake()
+            return True
+        except (OSError, ValueError) as exc:  # ssl.SSLError and timeouts are OSErrors
+            try:
+                self.on_refused(address, describe_tls_failure(exc))
+            except Exception:  # reporting must not keep the socket open
+                log.exception("TLS refusal not reported")
+            return False
+
+    def shutdown(self) -> None:
+        """Stop accepting and close the listening socket; open associations go on in their threads."""
+        super().shutdown()
+        self.server_close()
 
 
-def start_listener(ae: AE, address: tuple[str, int], handlers: list[Any], ssl_context: ssl.SSLContext | None,
-                   handshake_timeout: float, on_refused: RefusalFn) -> DeferredHandshakeServer:
+def start_listener(address: tuple[str, int], new_association: AssociationFactory, slots: AssociationSlots,
+                   ssl_context: ssl.SSLContext | None, handshake_timeout: float,
+                   on_refused: RefusalFn) -> AssociationServer:
     """Listen on `address` in a background thread; `server.shutdown()` stops it."""
-    server = ae.make_server(address, evt_handlers=handlers, ssl_context=ssl_context,
-                            server_class=DeferredHandshakeServer)
-    assert isinstance(server, DeferredHandshakeServer)
-    server.handshake_timeout = handshake_timeout
-    server.on_refused = on_refused  # type: ignore[method-assign]
+    server = AssociationServer(address, new_association, slots, ssl_context, handshake_timeout, on_refused)
     threading.Thread(target=server.serve_forever, name=f"listener:{server.server_address[1]}", daemon=True).start()
-    ae._servers.append(server)  # as AE.start_server does: the server's shutdown() removes itself from there
     return server

@@ -1,8 +1,8 @@
 """The Storage SCP: answers C-ECHO, accepts C-STORE for every storage SOP class and transfer syntax.
 
-Handlers never raise: they log and return a DICOM status. Dependencies arrive as bound arguments.
-The store handler hands the received bytes, untouched, to an `InstanceSink` and never waits for
-inference; the success status goes back only after the sink has made the instance durable.
+`NodeServices` never raises: it logs and returns a DICOM status. It hands the received bytes,
+untouched, to an `InstanceSink` and never waits for inference; the success status goes back only
+after the sink has made the instance durable.
 """
 
 from __future__ import annotations
@@ -12,18 +12,22 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Protocol, cast
+from io import BytesIO
+from typing import BinaryIO, Protocol
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+from pynetdicom.dsutils import decode
 
 from node.config import NodeSettings, Peer
 from node.errors import SpoolError
 from scp import statuses
+from scp.association import VERIFICATION, Association, Negotiation, Rejection, StoreRequest
 from scp.file_meta import part10_header
-from scp.listener import DeferredHandshakeServer, start_listener
+from scp.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+from scp.listener import AssociationServer, AssociationSlots, start_listener
+from scp.pdu import AssociateRequest, Implementation
 from scp.spool import is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -93,33 +97,55 @@ def _addresses(host: str) -> set[str]:
         return {host}
 
 
-def _handle_requested(event: evt.Event, policy: PeerPolicy, audit: AuditSink) -> None:
-    """Check the called AE title, the calling AE title and the address before anything else."""
-    rq = event.assoc.requestor.primitive
-    assert rq is not None  # EVT_REQUESTED fires with the A-ASSOCIATE request in hand
-    calling = rq.calling_ae_title.strip()
-    called = rq.called_ae_title.strip()
-    address = event.assoc.requestor.address
-    try:
-        verdict = policy.rejection(calling, called, address)
-    except Exception:  # a handler must never raise into pynetdicom
-        log.exception("association check failed; rejecting")
-        verdict = (statuses.REJECT_NO_REASON, "internal error while checking the peer")
-    try:
-        if verdict is None:
-            audit.record("association.accepted", address=address, calling_ae=calling, called_ae=called)
-        else:
-            audit.record("association.rejected", logging.WARNING, address=address, calling_ae=calling,
-                         called_ae=called, detail=verdict[1])
-    except Exception as exc:  # a full disk must not turn away a peer that may echo or get 0xA700 answers
-        log.error("association record not written (%s); deciding without it", exc.__class__.__name__)
-    if verdict is not None:
-        event.assoc.acse.send_reject(*verdict[0])
-        event.assoc.kill()  # returns once the A-ASSOCIATE-RJ is on the wire
+class NodeServices:
+    """The node's answers to an association: `PeerPolicy` decides who is let in, the `InstanceSink`
+    keeps what arrives, the `AuditSink` records both."""
 
+    def __init__(self, policy: PeerPolicy, sink: InstanceSink, audit: AuditSink):
+        self.policy = policy
+        self.sink = sink
+        self.audit = audit
 
-def _handle_echo(event: evt.Event) -> int:
-    return statuses.SUCCESS
+    def rejection(self, request: AssociateRequest, address: str) -> Rejection | None:
+        """Check the called AE title, the calling AE title and the address; record the verdict."""
+        calling, called = request.calling_ae, request.called_ae
+        try:
+            verdict = self.policy.rejection(calling, called, address)
+        except Exception:  # rather turn one peer away than fail the connection's thread
+            log.exception("association check failed; rejecting")
+            verdict = (statuses.REJECT_NO_REASON, "internal error while checking the peer")
+        try:
+            if verdict is None:
+                self.audit.record("association.accepted", address=address, calling_ae=calling, called_ae=called)
+            else:
+                self.audit.record("association.rejected", logging.WARNING, address=address, calling_ae=calling,
+                                  called_ae=called, detail=verdict[1])
+        except Exception as exc:  # a full disk must not turn away a peer that may echo or get 0xA700 answers
+            log.error("association record not written (%s); deciding without it", exc.__class__.__name__)
+        return None if verdict is None else verdict[0]
+
+    def store(self, request: StoreRequest) -> tuple[int, str]:
+        """Check, hand to the sink, answer (status, reason for a refusal). Never raises."""
+        try:
+            checked = checked_instance(request)
+            if isinstance(checked, tuple):
+                status, reason = checked
+            else:
+                self.sink.store(checked)
+                return statuses.SUCCESS, ""
+        except SpoolError as exc:
+            status, reason = statuses.OUT_OF_RESOURCES, f"out of resources: {exc}"
+        except Exception as exc:
+            log.exception("C-STORE failed")
+            status, reason = statuses.OUT_OF_RESOURCES, f"internal error: {exc.__class__.__name__}"
+        try:
+            self.audit.record("instance.refused", logging.WARNING, address=request.address,
+                              calling_ae=request.calling_ae,
+                              sop_instance_uid=_uid_or_blank(request.command.sop_instance_uid),
+                              detail=f"0x{status:04X}: {reason}")
+        except Exception:
+            log.exception("refusal not audited")
+        return status, reason
 
 
 def _part10_writer(header: bytes, dataset_bytes: bytes) -> Callable[[BinaryIO], None]:
@@ -130,11 +156,18 @@ def _part10_writer(header: bytes, dataset_bytes: bytes) -> Callable[[BinaryIO], 
     return write
 
 
-def _checked_instance(event: evt.Event) -> ReceivedInstance | tuple[int, str]:
+def _decoded(dataset: bytes, transfer_syntax: str) -> Dataset:
+    """The dataset as pydicom reads it (values parsed when first used)."""
+    syntax = UID(transfer_syntax)  # one of pynetdicom's ALL_TRANSFER_SYNTAXES: negotiated so
+    return decode(BytesIO(dataset), syntax.is_implicit_VR, syntax.is_little_endian,
+                  syntax == DeflatedExplicitVRLittleEndian)
+
+
+def checked_instance(request: StoreRequest) -> ReceivedInstance | tuple[int, str]:
     """The request as a `ReceivedInstance`, or (failure status, reason)."""
-    request = cast(C_STORE, event.request)
+    command = request.command
     try:
-        header = event.dataset
+        header = _decoded(request.dataset, request.transfer_syntax)
         study_uid = str(header.get("StudyInstanceUID", ""))
         series_uid = str(header.get("SeriesInstanceUID", ""))
         sop_uid = str(header.get("SOPInstanceUID", ""))
@@ -145,41 +178,15 @@ def _checked_instance(event: evt.Event) -> ReceivedInstance | tuple[int, str]:
                       ("SOPInstanceUID", sop_uid), ("SOPClassUID", sop_class)):
         if not is_valid_uid(uid):
             return statuses.CANNOT_UNDERSTAND, f"{name} is missing or not a valid UID ({uid[:70]!r})"
-    if sop_uid != str(request.AffectedSOPInstanceUID):
+    if sop_uid != command.sop_instance_uid:
         return statuses.CANNOT_UNDERSTAND, "SOPInstanceUID differs from the C-STORE request's"
-    if sop_class != str(request.AffectedSOPClassUID):
+    if sop_class != command.sop_class_uid:
         return statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPClassUID differs from the C-STORE request's"
-    raw = request.DataSet.getvalue() if request.DataSet is not None else b""
-    syntax = str(event.context.transfer_syntax)
-    return ReceivedInstance(sop_class, sop_uid, study_uid, series_uid, syntax,
-                            event.assoc.requestor.ae_title.strip(), header,
+    raw = request.dataset
+    syntax = request.transfer_syntax
+    return ReceivedInstance(sop_class, sop_uid, study_uid, series_uid, syntax, request.calling_ae, header,
                             _part10_writer(part10_header(sop_class, sop_uid, syntax), raw),
-                            len(raw), event.assoc.requestor.address)
-
-
-def _handle_store(event: evt.Event, sink: InstanceSink, audit: AuditSink) -> int:
-    """Check, hand to the sink, answer. Never raises."""
-    try:
-        checked = _checked_instance(event)
-        if isinstance(checked, tuple):
-            status, reason = checked
-        else:
-            sink.store(checked)
-            return statuses.SUCCESS
-    except SpoolError as exc:
-        status, reason = statuses.OUT_OF_RESOURCES, f"out of resources: {exc}"
-    except Exception as exc:
-        log.exception("C-STORE failed")
-        status, reason = statuses.OUT_OF_RESOURCES, f"internal error: {exc.__class__.__name__}"
-    try:
-        request = cast(C_STORE, event.request)
-        audit.record("instance.refused", logging.WARNING, address=event.assoc.requestor.address,
-                     calling_ae=event.assoc.requestor.ae_title.strip(),
-                     sop_instance_uid=_uid_or_blank(request.AffectedSOPInstanceUID),
-                     detail=f"0x{status:04X}: {reason}")
-    except Exception:
-        log.exception("refusal not audited")
-    return status
+                            len(raw), request.address)
 
 
 def _uid_or_blank(value: object) -> str:
@@ -188,19 +195,12 @@ def _uid_or_blank(value: object) -> str:
     return text if is_valid_uid(text) else ""
 
 
-def build_ae(node: NodeSettings) -> AE:
-    """An AE that accepts every storage SOP class with every transfer syntax, and Verification."""
-    ae = AE(ae_title=node.ae_title)
-    ae.require_called_aet = True
-    ae.maximum_associations = node.max_associations
-    ae.maximum_pdu_size = node.max_pdu_size
-    ae.network_timeout = node.network_timeout_seconds
-    ae.acse_timeout = node.network_timeout_seconds
-    ae.dimse_timeout = node.network_timeout_seconds
-    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-    for context in AllStoragePresentationContexts:
-        ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
-    return ae
+def negotiation(node: NodeSettings) -> Negotiation:
+    """Every storage SOP class with every transfer syntax, and Verification."""
+    storage = {str(context.abstract_syntax) for context in AllStoragePresentationContexts}
+    return Negotiation(frozenset(storage | {VERIFICATION}), frozenset(str(s) for s in ALL_TRANSFER_SYNTAXES),
+                       Implementation(IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, node.max_pdu_size),
+                       acse_timeout=node.network_timeout_seconds, network_timeout=node.network_timeout_seconds)
 
 
 @dataclass(frozen=True)
@@ -213,15 +213,15 @@ class TlsListener:
 
 
 def start_storage_scp(node: NodeSettings, policy: PeerPolicy, sink: InstanceSink, audit: AuditSink,
-                      port: int | None, tls: TlsListener | None = None) -> list[DeferredHandshakeServer]:
+                      port: int | None, tls: TlsListener | None = None) -> list[AssociationServer]:
     """Start listening in the background: without TLS on `port` (None: not at all) and, with `tls`, on
     its port. `server.shutdown()` stops each."""
-    ae = build_ae(node)
-    handlers: list[Any] = [
-        (evt.EVT_REQUESTED, _handle_requested, [policy, audit]),
-        (evt.EVT_C_ECHO, _handle_echo),
-        (evt.EVT_C_STORE, _handle_store, [sink, audit]),
-    ]
+    services = NodeServices(policy, sink, audit)
+    offer = negotiation(node)
+    slots = AssociationSlots(node.max_associations)
+
+    def new_association(connection: socket.socket, address: str) -> Association:
+        return Association(connection, address, offer, services, slots.take)
 
     def refused(address: str, why: str) -> None:
         audit.record("tls.refused", logging.WARNING, address=address, detail=why)
@@ -233,7 +233,8 @@ def start_storage_scp(node: NodeSettings, policy: PeerPolicy, sink: InstanceSink
         listeners.append((tls.port, tls.context, tls.handshake_timeout))
     servers = []
     for listen_port, context, handshake_timeout in listeners:
-        server = start_listener(ae, (node.bind_address, listen_port), handlers, context, handshake_timeout, refused)
+        server = start_listener((node.bind_address, listen_port), new_association, slots, context,
+                                handshake_timeout, refused)
         servers.append(server)
         log.info("%s listening on %s:%d%s", node.ae_title, *server.server_address[:2], " (TLS)" if context else "")
     return servers

@@ -1,4 +1,4 @@
-"""The spooled file's Part 10 header: the same bytes pydicom writes for pynetdicom's File Meta."""
+"""The spooled file's Part 10 header: the same bytes pydicom writes for the same File Meta."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES
 from pynetdicom.dsutils import create_file_meta
 
 from scp.file_meta import PREAMBLE, part10_header
+from scp.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 
 
 def pydicoms_header(sop_class: str, sop_instance: str, syntax: str) -> bytes:
     out = DicomBytesIO()
     out.is_little_endian, out.is_implicit_VR = True, False
-    write_file_meta_info(out, create_file_meta(sop_class_uid=sop_class, sop_instance_uid=sop_instance,
-                                               transfer_syntax=syntax), enforce_standard=True)
+    meta = create_file_meta(sop_class_uid=sop_class, sop_instance_uid=sop_instance, transfer_syntax=syntax)
+    meta.ImplementationClassUID, meta.ImplementationVersionName = IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+    write_file_meta_info(out, meta, enforce_standard=True)
     return PREAMBLE + out.getvalue()
 
 
