@@ -3,9 +3,9 @@ storescp and to Orthanc, alternating, in one run; then dfnode again while it eva
 series; then 4 senders at once; and the C-STORE response latency, idle and during inference. With the
 workers idle each receiver is also sent the series by a storescu with `TCP_NODELAY=1` of its own:
 without it DCMTK's sender waits on Nagle's algorithm between its writes, which slows storescp 2 to
-2.6x on loopback and dfnode not at all. Each timed transfer starts with the page cache written out
-(`os.sync`), so that no receiver waits for the files this benchmark, or the receiver before it, left
-unwritten.
+2.8x on loopback; dfnode acknowledges each segment at once and is not slowed. Each timed transfer
+starts with the page cache written out (`os.sync`), so that no receiver waits for the files this
+benchmark, or the receiver before it, left unwritten.
 
     .venv/bin/python -m bench.receive [--slices 300] [--rounds 3]
 """

@@ -1,6 +1,6 @@
 """One association, accepted and served on its connection's thread (PS3.8's acceptor side).
 
-The A-ASSOCIATE-RQ is read within the ACSE timeout, admitted or rejected, and answered; then every
+The A-ASSOCIATE-RQ is read within the network timeout, admitted or rejected, and answered; then every
 P-DATA-TF is read straight off the socket, its PDVs assembled into a DIMSE message, and the message
 handed to the `Services` and answered, until the peer releases or aborts, goes quiet for the network
 timeout, or breaks the protocol (then it is aborted). One message at a time: this acceptor does not
@@ -57,13 +57,12 @@ class Services(Protocol):
 @dataclass(frozen=True)
 class Negotiation:
     """What the acceptor offers: the abstract and transfer syntaxes it accepts, who it says it is,
-    and its timeouts."""
+    and how long it waits."""
 
     abstract_syntaxes: frozenset[str]
     transfer_syntaxes: frozenset[str]
     implementation: Implementation
-    acse_timeout: float
-    network_timeout: float
+    network_timeout: float  # for the A-ASSOCIATE-RQ after connecting, then between PDUs
 
     def answer(self, context: ProposedContext) -> ContextResult:
         """Accept the requestor's first transfer syntax that is offered here."""
@@ -76,7 +75,7 @@ class Negotiation:
 
 
 class PeerClosed(Exception):
-    """The peer closed the connection, or went quiet past the timeout."""
+    """The peer closed the connection or aborted the association."""
 
 
 class Association:
@@ -98,17 +97,15 @@ class Association:
     def run(self) -> None:
         """Negotiate, then serve messages until the association ends. Never raises."""
         try:
-            self.sock.settimeout(self.negotiation.acse_timeout)
-            if not self._negotiate():
-                return
             self.sock.settimeout(self.negotiation.network_timeout)
-            self._serve()
+            if self._negotiate():
+                self._serve()
         except ProtocolError as exc:
             log.warning("association with %s (%s) aborted: %s", self.calling_ae or "-", self.address, exc)
             self._send_quietly(pdu.abort(*pdu.ABORT_INVALID_PARAMETER))
         except TimeoutError:
             log.warning("association with %s (%s) aborted: nothing received for %.0fs", self.calling_ae or "-",
-                        self.address, self.sock.gettimeout() or 0)
+                        self.address, self.negotiation.network_timeout)
             if self._accepted:  # before the A-ASSOCIATE-AC there is nothing to abort: the connection closes
                 self._send_quietly(pdu.abort(*pdu.ABORT_BY_PROVIDER))
         except PeerClosed as exc:
@@ -146,16 +143,17 @@ class Association:
         return True
 
     def _rejection(self, request: AssociateRequest) -> Rejection | None:
+        who = f"association from {request.calling_ae or '-'} ({self.address}) rejected"
         if not request.protocol_version & 1:
+            log.warning("%s: protocol version %d is not supported", who, request.protocol_version)
             return REJECT_PROTOCOL_VERSION
         if request.application_context != pdu.APPLICATION_CONTEXT:
+            log.warning("%s: application context %s is not DICOM's", who, request.application_context)
             return REJECT_APPLICATION_CONTEXT
-        rejection = self.services.rejection(request, self.address)
-        if rejection is None and not self.admit(self):
-            log.warning("association from %s (%s) rejected: the node has its maximum of associations open",
-                        request.calling_ae, self.address)
+        if not self.admit(self):  # the slot, when taken, is given back when the connection ends
+            log.warning("%s: the node has its maximum of associations open", who)
             return REJECT_LIMIT_REACHED
-        return rejection
+        return self.services.rejection(request, self.address)
 
     def _serve(self) -> None:
         message = _Message()

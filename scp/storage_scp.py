@@ -200,7 +200,7 @@ def negotiation(node: NodeSettings) -> Negotiation:
     storage = {str(context.abstract_syntax) for context in AllStoragePresentationContexts}
     return Negotiation(frozenset(storage | {VERIFICATION}), frozenset(str(s) for s in ALL_TRANSFER_SYNTAXES),
                        Implementation(IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, node.max_pdu_size),
-                       acse_timeout=node.network_timeout_seconds, network_timeout=node.network_timeout_seconds)
+                       network_timeout=node.network_timeout_seconds)
 
 
 @dataclass(frozen=True)
