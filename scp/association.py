@@ -89,6 +89,7 @@ class Association:
         self.services = services
         self.admit = admit  # takes one of the node's association slots; False when all are taken
         self.calling_ae = ""
+        self.established = False  # the A-ASSOCIATE-AC was sent
         self.peer_max_length = 0
         self._reader: BinaryIO = sock.makefile("rb")
         self._send_lock = threading.Lock()
@@ -106,7 +107,7 @@ class Association:
         except TimeoutError:
             log.warning("association with %s (%s) aborted: nothing received for %.0fs", self.calling_ae or "-",
                         self.address, self.negotiation.network_timeout)
-            if self._accepted:  # before the A-ASSOCIATE-AC there is nothing to abort: the connection closes
+            if self.established:  # before the A-ASSOCIATE-AC there is nothing to abort: the connection closes
                 self._send_quietly(pdu.abort(*pdu.ABORT_BY_PROVIDER))
         except PeerClosed as exc:
             log.info("association with %s (%s) ended: %s", self.calling_ae or "-", self.address, exc)
@@ -140,6 +141,7 @@ class Association:
                           for r in results if r.result == pdu.ACCEPTED}
         self.peer_max_length = request.max_length
         self._send(pdu.associate_ac(request, results, self.negotiation.implementation))
+        self.established = True
         return True
 
     def _rejection(self, request: AssociateRequest) -> Rejection | None:

@@ -12,7 +12,7 @@ import pytest
 from pynetdicom import AE
 from sqlalchemy import func, select
 
-from node.db import Instance
+from node.db import AuditEvent, Instance
 from node.service import Node
 from tests.conftest import node_config
 from tests.helpers import Receiver, ct_series, send, wait_for
@@ -73,6 +73,9 @@ def test_one_association_too_many_is_rejected_transiently(tmp_path: Path, model_
         assert (reject.result, reject.result_source, reject.diagnostic) == (0x02, 0x03, 0x02)  # transient, limit
         for assoc in held:
             assert assoc.send_c_echo().Status == 0x0000  # the held ones are unaffected
+        with node.db.session() as s:  # the rejected one is not in the audit trail as accepted
+            accepted = s.scalar(select(func.count()).where(AuditEvent.event == "association.accepted"))
+        assert accepted == 3
     finally:
         for assoc in held:
             assoc.release()
