@@ -16,21 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from scp import dimse, pdu
+from scp import dimse, pdu, statuses
 from scp.dimse import Command
 from scp.pdu import AssociateRequest, ContextResult, Implementation, ProposedContext, ProtocolError
 
 log = logging.getLogger(__name__)
 
 Rejection = tuple[int, int, int]  # (result, source, reason) of an A-ASSOCIATE-RJ
-REJECT_PROTOCOL_VERSION = (0x01, 0x02, 0x02)
-REJECT_APPLICATION_CONTEXT = (0x01, 0x01, 0x02)
-REJECT_LIMIT_REACHED = (0x02, 0x03, 0x02)  # transient: local limit exceeded
 _LARGEST_READ = 4 << 20  # a PDU longer than this is read in parts: memory follows what arrives
 _LARGEST_ASSOCIATE_RQ = 1 << 20
 VERIFICATION = "1.2.840.10008.1.1"
-SUCCESS = 0x0000
-SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 
 @dataclass(frozen=True)
@@ -148,13 +143,13 @@ class Association:
         who = f"association from {request.calling_ae or '-'} ({self.address}) rejected"
         if not request.protocol_version & 1:
             log.warning("%s: protocol version %d is not supported", who, request.protocol_version)
-            return REJECT_PROTOCOL_VERSION
+            return statuses.REJECT_PROTOCOL_VERSION
         if request.application_context != pdu.APPLICATION_CONTEXT:
             log.warning("%s: application context %s is not DICOM's", who, request.application_context)
-            return REJECT_APPLICATION_CONTEXT
+            return statuses.REJECT_APPLICATION_CONTEXT
         if not self.admit(self):  # the slot, when taken, is given back when the connection ends
             log.warning("%s: the node has its maximum of associations open", who)
-            return REJECT_LIMIT_REACHED
+            return statuses.REJECT_LIMIT_REACHED
         return self.services.rejection(request, self.address)
 
     def _serve(self) -> None:
@@ -183,11 +178,11 @@ class Association:
         if command.field & dimse.RESPONSE_BIT or command.field == dimse.C_CANCEL_RQ:
             return  # nothing this acceptor asked for, nothing it can cancel
         if command.field == dimse.C_ECHO_RQ:
-            status, comment = SUCCESS, ""
+            status, comment = statuses.SUCCESS, ""
         elif command.field != dimse.C_STORE_RQ:
-            status, comment = dimse.UNRECOGNISED_OPERATION, "only C-ECHO and C-STORE are performed here"
+            status, comment = statuses.UNRECOGNISED_OPERATION, "only C-ECHO and C-STORE are performed here"
         elif command.sop_class_uid != abstract_syntax or not command.has_dataset:
-            status, comment = SOP_CLASS_NOT_SUPPORTED, "the SOP class is not the presentation context's"
+            status, comment = statuses.SOP_CLASS_NOT_SUPPORTED, "the SOP class is not the presentation context's"
         else:
             status, comment = self.services.store(StoreRequest(
                 command, b"".join(message.data), transfer_syntax, self.calling_ae, self.address))
@@ -221,7 +216,7 @@ class Association:
                 left -= len(part)
             data = b"".join(parts)
         if len(data) < size:
-            raise PeerClosed("the peer closed the connection" if data or size else "connection closed")
+            raise PeerClosed("the peer closed the connection")
         return data
 
     def _send(self, data: bytes) -> None:

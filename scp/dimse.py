@@ -14,7 +14,6 @@ from scp.pdu import ProtocolError
 C_STORE_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0030, 0x0FFF
 RESPONSE_BIT = 0x8000
 NO_DATASET = 0x0101
-UNRECOGNISED_OPERATION = 0x0211  # PS3.7 C.5: a request the SCP does not perform
 _ELEMENT = struct.Struct("<HHI")  # group, element, value length
 _US = struct.Struct("<H")
 _ERROR_COMMENT_MAX = 64

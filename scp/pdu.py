@@ -51,8 +51,6 @@ class AssociateRequest:
     application_context: str
     contexts: tuple[ProposedContext, ...]
     max_length: int = 0  # the most the requestor takes in one P-DATA-TF; 0: no limit
-    implementation_class_uid: str = ""
-    implementation_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,7 +112,7 @@ def parse_associate_rq(body: bytes) -> AssociateRequest:
         raise ProtocolError("A-ASSOCIATE-RQ is shorter than its fixed fields")
     (version,) = struct.unpack_from(">H", body, 0)
     application_context, contexts = "", []
-    max_length, class_uid, version_name = 0, "", ""
+    max_length = 0
     for kind, value in _items(body, 68):
         if kind == 0x10:
             application_context = _text(value)
@@ -124,12 +122,8 @@ def parse_associate_rq(body: bytes) -> AssociateRequest:
             for sub_kind, sub in _items(value, 0):
                 if sub_kind == 0x51 and len(sub) == 4:
                     (max_length,) = struct.unpack(">I", sub)
-                elif sub_kind == 0x52:
-                    class_uid = _text(sub)
-                elif sub_kind == 0x55:
-                    version_name = _text(sub)
     return AssociateRequest(version, _text(body[4:20]), _text(body[20:36]), bytes(body[4:36]),
-                            application_context, tuple(contexts), max_length, class_uid, version_name)
+                            application_context, tuple(contexts), max_length)
 
 
 def _item(kind: int, value: bytes) -> bytes:

@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 
 from node.db import Instance
 from node.service import Node
-from scp import dimse, pdu
+from scp import pdu, statuses
 from scp.implementation import IMPLEMENTATION_CLASS_UID
 from tests.conftest import node_config
 from tests.helpers import copy_with_new_uids, ct_series, echo, real_file
@@ -183,7 +183,7 @@ def test_an_operation_other_than_echo_and_store_is_answered_unrecognised(peer: R
         peer.send(struct.pack(">BxIIBB", pdu.P_DATA_TF, len(value) + 6, len(value) + 2, 1, control) + value)
     response = peer.response()[0]
     assert (response.CommandField, response.MessageIDBeingRespondedTo) == (0x8020, 9)
-    assert response.Status == dimse.UNRECOGNISED_OPERATION and "C-STORE" in response.ErrorComment
+    assert response.Status == statuses.UNRECOGNISED_OPERATION and "C-STORE" in response.ErrorComment
 
 
 @pytest.mark.parametrize("garbage", [
