@@ -34,13 +34,38 @@ def remove_partial_files(root: Path) -> int:
     return removed
 
 
+def _fsync_folder(folder: Path) -> None:
+    """Make the folder's entries (a file renamed or a folder made in it) survive power loss."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_folders_durably(folder: Path) -> None:
+    """Create `folder` and its missing parents, fsyncing the parent of each one created: a new study's or
+    series' folder survives power loss with its first file (one stat when it exists already)."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for new in reversed(missing):
+        try:
+            new.mkdir()
+        except FileExistsError:  # another association made it meanwhile; its parent is synced below all the same
+            pass
+        _fsync_folder(new.parent)
+
+
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> int:
-    """Write through a temporary file, fsync it, rename it into place, fsync the folder.
+    """Write through a temporary file, fsync it, rename it into place, fsync the folder (and the
+    parents of folders made for it).
 
     Either the whole file is there afterwards or nothing is; returns the size written.
     """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folders_durably(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=PARTIAL_PREFIX, dir=path.parent)
     except OSError as exc:
         raise SpoolError(f"cannot create a file in {path.parent}: {exc.strerror or exc}") from exc
@@ -53,11 +78,7 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> int:
             size = f.tell()
         os.replace(tmp, path)
         replaced = True
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_folder(path.parent)
         return size
     except OSError as exc:
         raise SpoolError(f"cannot write {path.name}: {exc.strerror or exc}") from exc
