@@ -4,10 +4,14 @@ on open associations.
 The accept thread only accepts (and wraps a TLS socket without a handshake), so a client that
 connects and then says nothing holds up no other peer: its handshake runs on its own thread,
 bounded by `handshake_timeout`, and a failure is reported and closed.
+
+An IPv6 bind address listens on IPv6 ("::" on IPv4 as well); a peer's IPv4-mapped IPv6 address is
+given on as plain IPv4, so that the known-peer policy and the audit trail see one form.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import socketserver
@@ -30,6 +34,16 @@ def describe_tls_failure(exc: BaseException) -> str:
         return "TLS handshake not finished in time"
     reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
     return f"TLS handshake failed: {reason}"
+
+
+def peer_address(address: str) -> str:
+    """The peer's address as the policy and the audit trail know it: "::ffff:10.0.0.5" is "10.0.0.5"."""
+    try:
+        parsed = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    mapped = getattr(parsed, "ipv4_mapped", None)
+    return str(mapped) if mapped is not None else address
 
 
 class AssociationSlots:
@@ -61,6 +75,7 @@ class AssociationServer(socketserver.ThreadingTCPServer):
 
     def __init__(self, address: tuple[str, int], new_association: AssociationFactory, slots: AssociationSlots,
                  ssl_context: ssl.SSLContext | None, handshake_timeout: float, on_refused: RefusalFn):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, socketserver.BaseRequestHandler)
         self.new_association = new_association
         self.slots = slots
@@ -76,6 +91,11 @@ class AssociationServer(socketserver.ThreadingTCPServer):
         with self._running_lock:
             return list(self._running)
 
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:  # "::" takes IPv4 peers too, whatever the system's default
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
     def get_request(self) -> tuple[socket.socket, Any]:
         client, address = self.socket.accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each answer goes out whole, at once
@@ -84,7 +104,7 @@ class AssociationServer(socketserver.ThreadingTCPServer):
         return client, address
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        address = str(client_address[0])
+        address = peer_address(str(client_address[0]))
         try:
             if isinstance(request, ssl.SSLSocket) and not self._handshake(request, address):
                 return

@@ -21,7 +21,7 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.dsutils import decode
 
 from node.config import NodeSettings, Peer
-from node.errors import SpoolError
+from node.errors import ConfigError, SpoolError
 from scp import statuses
 from scp.association import VERIFICATION, Association, Negotiation, Rejection, StoreRequest
 from scp.file_meta import part10_header
@@ -226,15 +226,22 @@ def start_storage_scp(node: NodeSettings, policy: PeerPolicy, sink: InstanceSink
     def refused(address: str, why: str) -> None:
         audit.record("tls.refused", logging.WARNING, address=address, detail=why)
 
-    listeners: list[tuple[int, ssl.SSLContext | None, float]] = []
+    listeners: list[tuple[str, int, ssl.SSLContext | None, float]] = []
     if port is not None:
-        listeners.append((port, None, 0.0))
+        listeners.append(("node.port", port, None, 0.0))
     if tls is not None:
-        listeners.append((tls.port, tls.context, tls.handshake_timeout))
-    servers = []
-    for listen_port, context, handshake_timeout in listeners:
-        server = start_listener((node.bind_address, listen_port), new_association, slots, context,
-                                handshake_timeout, refused)
+        listeners.append(("tls.port", tls.port, tls.context, tls.handshake_timeout))
+    servers: list[AssociationServer] = []
+    for key, listen_port, context, handshake_timeout in listeners:
+        try:
+            server = start_listener((node.bind_address, listen_port), new_association, slots, context,
+                                    handshake_timeout, refused)
+        except OSError as exc:  # the port is taken, or the address is not this host's
+            for started in servers:
+                started.shutdown()
+            raise ConfigError("DICOM listener", [(key, f"cannot listen on {node.bind_address} port {listen_port}: "
+                                             f"{exc.strerror or exc} (node.bind_address must be an address of "
+                                             "this host, 0.0.0.0 or ::; the port one no other program uses)")]) from exc
         servers.append(server)
         log.info("%s listening on %s:%d%s", node.ae_title, *server.server_address[:2], " (TLS)" if context else "")
     return servers
