@@ -213,6 +213,12 @@ def run_tool(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
     return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
 
 
+def storescu(port: int, files: list[Path], *options: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """DCMTK's storescu from PACS to DFNODE on 127.0.0.1, `options` (TLS, transfer syntax) first."""
+    return run_tool(require_tool("storescu"), *options, "-aet", "PACS", "-aec", "DFNODE", "127.0.0.1", str(port),
+                    *map(str, files), timeout=timeout)
+
+
 def dciodvfy_errors(path: Path) -> list[str]:
     """The error lines dciodvfy (dicom3tools) prints for a file."""
     tool = require_tool("dciodvfy")

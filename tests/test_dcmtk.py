@@ -19,6 +19,7 @@ from tests.helpers import (
     real_file,
     require_tool,
     run_tool,
+    storescu,
     wait_for,
 )
 
@@ -63,8 +64,7 @@ def test_storescu_to_node_and_storescp_receives_the_sr(dcmtk_node: Node, storesc
     radiograph = copy_with_new_uids(real_file("RG3_J2KR.dcm"), tmp_path / "rg")
     files = [*ct, radiograph]
     for option, batch in (("-xe", ct), ("-xv", [radiograph])):  # -xv: JPEG 2000 lossless, as stored
-        result = run_tool(require_tool("storescu"), option, "-aet", "PACS", "-aec", "DFNODE", "127.0.0.1",
-                          str(dcmtk_node.port), *map(str, batch))
+        result = storescu(dcmtk_node.port, batch, option)
         assert result.returncode == 0, result.stderr
     received = wait_for(lambda: len(list(storescp[1].glob("SR*"))) >= 2 and list(storescp[1].glob("SR*")),
                         timeout=90)
@@ -95,8 +95,7 @@ def test_storescu_proposing_a_compressed_syntax_is_accepted(dcmtk_node: Node, tm
         conv = run_tool(require_tool(encoder[0]), *encoder[1:], str(source), str(encoded))
         assert conv.returncode == 0, conv.stderr
         source = encoded
-    result = run_tool(require_tool("storescu"), "-d", option, "-aet", "PACS", "-aec", "DFNODE", "127.0.0.1",
-                      str(dcmtk_node.port), str(source))
+    result = storescu(dcmtk_node.port, [source], "-d", option)
     assert result.returncode == 0, result.stderr + result.stdout
     stored = list(dcmtk_node.config.storage.spool_dir.rglob("*.dcm"))
     assert len(stored) == 1

@@ -16,8 +16,7 @@ from node.db import AuditEvent
 from node.errors import ConfigError
 from node.service import Node
 from tests.conftest import node_config_raw
-from tests.helpers import Receiver, ct_series
-from tests.test_tls import storescu
+from tests.helpers import Receiver, ct_series, storescu
 
 
 def _node(tmp_path: Path, model_dir: Path, receiver: Receiver, classifiers, bind_address: str,

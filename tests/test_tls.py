@@ -19,7 +19,16 @@ from node.errors import ConfigError
 from node.service import Node
 from scp.tls import TlsContexts
 from tests.conftest import node_config, node_config_raw
-from tests.helpers import copy_with_new_uids, free_port, listening, real_file, require_tool, run_tool, wait_for
+from tests.helpers import (
+    copy_with_new_uids,
+    free_port,
+    listening,
+    real_file,
+    require_tool,
+    run_tool,
+    storescu,
+    wait_for,
+)
 from tests.pki import Identity, Pki, make_pki
 
 pytestmark = pytest.mark.dcmtk
@@ -65,11 +74,6 @@ def tls_node(tmp_path: Path, model_dir: Path, classifiers, pki: Pki, tls_pacs: t
     node = Node(tls_config(tmp_path, model_dir, pki, tls_pacs[0]), classifiers).start(port=0, tls_port=0)
     yield node
     node.stop()
-
-
-def storescu(port: int, files: list[Path], *tls: str) -> subprocess.CompletedProcess[str]:
-    return run_tool(require_tool("storescu"), *tls, "-aet", "PACS", "-aec", "DFNODE", "127.0.0.1", str(port),
-                    *map(str, files), timeout=60)
 
 
 def with_certificate(pki: Pki, identity: Identity) -> tuple[str, ...]:
