@@ -121,14 +121,18 @@ class User(Base):
 
 
 class Database:
-    """The engine (one per process) and a session factory; `write_lock` serialises writers."""
+    """The engines (one pair per process) and a session factory; `write_lock` serialises writers.
+
+    `engine` commits durably (synchronous=FULL). `index_engine` is the ingest's: the spool holds what it
+    records, so its commits need not wait for the disk (synchronous=NORMAL: a power cut, not a crash,
+    may take back the last ones; the next start records them again from the spool, and any durable
+    commit after them makes them durable too)."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.engine: Engine = create_engine(f"sqlite:///{path}",
-                                            connect_args={"timeout": 30, "check_same_thread": False})
-        event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.engine = _sqlite_engine(path, "FULL")
+        self.index_engine = _sqlite_engine(path, "NORMAL")
         Base.metadata.create_all(self.engine)
         _add_missing_columns(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -139,6 +143,7 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+        self.index_engine.dispose()
 
 
 def _add_missing_columns(engine: Engine) -> None:
@@ -154,9 +159,16 @@ def _add_missing_columns(engine: Engine) -> None:
                     connection.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged instance survives power loss
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def _sqlite_engine(path: Path, synchronous: str) -> Engine:
+    """An engine on the database file whose connections use the WAL and commit with `synchronous`."""
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False})
+
+    def pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    event.listen(engine, "connect", pragmas)
+    return engine

@@ -1,18 +1,23 @@
-"""Ingest: a received instance goes to the spool (atomic, fsynced) and into the database.
+"""Ingest: a received instance goes to the spool (atomic, fsynced), then into the database.
 
-Only after both does the C-STORE handler answer success. The first instance of a series decides
-its route; a series no route wants is recorded and not processed.
+The C-STORE handler answers success once the file is durable; the instance is indexed in the database
+right after the answer is sent, while the sender readies its next message. The spool is the record of
+what was acknowledged: an index that a power cut or a database failure takes back is written again
+(before the next instance is taken, or from the spool at the next start, `node.spool_recovery`). The
+first instance of a series decides its route; a series no route wants is recorded and not processed.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import bindparam, func, insert, select, update
 
 from node.audit import Audit, emit
 from node.config import Config
@@ -22,6 +27,8 @@ from node.routing import SeriesTags, route_for
 from node.spool_budget import SpoolBudget
 from scp.spool import write_atomically
 from scp.storage_scp import ReceivedInstance
+
+log = logging.getLogger(__name__)
 
 SERIES_ID_CACHE = 4096
 
@@ -33,13 +40,25 @@ _REPLACE_INSTANCE = (update(Instance).where(Instance.id == bindparam("row_id"))
                              transfer_syntax=bindparam("syntax"), purged_at=None))
 _COUNT_INSTANCE = (update(Series).where(Series.id == bindparam("series_id"))
                    .values(instance_count=Series.instance_count + bindparam("added"),
-                           last_received_at=bindparam("now"), received_version=Series.received_version + 1)
+                           last_received_at=func.max(Series.last_received_at, bindparam("now")),
+                           received_version=Series.received_version + 1)
                    .returning(Series.route, Series.received_version, Series.evaluated_version))
 
 
 def spool_path(spool_dir: Path, instance: ReceivedInstance) -> Path:
     """UIDs are validated digits and dots, so they are safe as path parts."""
     return spool_dir / instance.study_uid / instance.series_uid / f"{instance.sop_instance_uid}.dcm"
+
+
+@dataclass(frozen=True)
+class Spooled:
+    """An instance durable in the spool, to be indexed."""
+
+    instance: ReceivedInstance
+    path: Path
+    size: int
+    received_at: float
+    note: str = ""  # added to the audit event's detail
 
 
 class Ingest:
@@ -53,34 +72,64 @@ class Ingest:
         self.audit = audit
         self.wake = wake or threading.Event()
         self._series_ids: OrderedDict[str, int] = OrderedDict()  # recent series UIDs -> row ids
+        self._unindexed: list[Spooled] = []  # answered and spooled, their index not written yet
+        self._unindexed_lock = threading.Lock()
 
-    def store(self, instance: ReceivedInstance) -> None:
-        """Spool and record one instance; `SpoolError` (answered 0xA700) when either cannot be done."""
+    def store(self, instance: ReceivedInstance) -> Callable[[], None]:
+        """Spool one instance and return its indexing, for after the answer; `SpoolError` (answered
+        0xA700) when it cannot be spooled, or while earlier instances cannot be indexed."""
+        self._index_waiting()
         self.budget.reserve(instance.nbytes)
         path = spool_path(self.config.storage.spool_dir, instance)
+        received_at = time.time()
         size = write_atomically(path, instance.write)
+        spooled = Spooled(instance, path, size, received_at)
+
+        def index_it() -> None:
+            self.index(spooled)
+        return index_it
+
+    def index(self, spooled: Spooled) -> bool:
+        """Record a spooled instance in the database; one that cannot be is kept and tried again before
+        the next instance is taken. Never raises; False when it waits."""
         try:
-            replaced, events, newly_due = self._record(instance, path, size)
-        except SQLAlchemyError as exc:
-            raise SpoolError(f"database write failed: {exc.__class__.__name__}") from exc
-        self.budget.added(size - replaced)
+            replaced, events, newly_due = self._record(spooled)
+        except Exception as exc:  # the database is full, locked or broken: the file is safe in the spool
+            log.error("instance %s is in the spool but not indexed (%s: %s); tried again before the next one "
+                      "is taken", spooled.instance.sop_instance_uid, exc.__class__.__name__, exc)
+            with self._unindexed_lock:
+                self._unindexed.append(spooled)
+            return False
+        self.budget.added(spooled.size - replaced)
         for event in events:
             emit(event)
         if newly_due:
             self.wake.set()
+        return True
 
-    def _record(self, instance: ReceivedInstance, path: Path, size: int) -> tuple[int, list[AuditEvent], bool]:
+    def _index_waiting(self) -> None:
+        """Index the instances whose indexing failed; `SpoolError` when the database still fails."""
+        with self._unindexed_lock:
+            waiting, self._unindexed = self._unindexed, []
+        for number, spooled in enumerate(waiting):
+            if not self.index(spooled):  # it is waiting again; so are the ones after it
+                with self._unindexed_lock:
+                    self._unindexed.extend(waiting[number + 1:])
+                    count = len(self._unindexed)
+                raise SpoolError(f"database write failed; {count} received instance(s) wait to be indexed")
+
+    def _record(self, spooled: Spooled) -> tuple[int, list[AuditEvent], bool]:
         """Record the instance and its audit events in one transaction; returns the size of the file it
         replaced (0 for a new one), the events, to be logged, and whether the instance made a routed
         series wait for evaluation that did not before (the evaluator is woken only then: it keeps
         track of a waiting series' stable time itself). Prepared Core statements on a plain
         connection: this runs once per instance received, and the ORM's bookkeeping would double its cost."""
-        now = time.time()
+        instance, path, size, now = spooled.instance, spooled.path, spooled.size, spooled.received_at
         replaced = 0
         uids = {"study_uid": instance.study_uid, "series_uid": instance.series_uid}
         peer = {"address": instance.address, "calling_ae": instance.calling_ae}
         events = []
-        with self.db.write_lock, self.db.engine.begin() as conn:
+        with self.db.write_lock, self.db.index_engine.begin() as conn:
             series_id = self._series_ids.get(instance.series_uid) or conn.scalar(
                 _FIND_SERIES, {"uid": instance.series_uid})
             if series_id is None:
@@ -108,7 +157,8 @@ class Ingest:
             events.append(self.audit.add(conn, "instance.stored", **uids, **peer,
                                          sop_instance_uid=instance.sop_instance_uid,
                                          detail=f"{size} bytes, {instance.transfer_syntax}"
-                                                + (", replaced an earlier copy" if row is not None else "")))
+                                                + (", replaced an earlier copy" if row is not None else "")
+                                                + spooled.note))
         self._series_ids[instance.series_uid] = series_id  # only once committed
         while len(self._series_ids) > SERIES_ID_CACHE:
             self._series_ids.popitem(last=False)

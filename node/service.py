@@ -30,6 +30,7 @@ from node.predict import Models
 from node.priority import EVALUATION_NICENESS, at_lower_priority, lower_this_thread
 from node.retention import Retention
 from node.spool_budget import SpoolBudget
+from node.spool_recovery import index_spooled_instances
 from node.users import SetupToken
 from node.web.app import ConsoleContext, build_app
 from node.web.server import ConsoleServer
@@ -166,6 +167,7 @@ class Node:
             removed = remove_partial_files(folder)
             if removed:
                 log.warning("removed %d partial file(s) in %s left by an interrupted run", removed, folder)
+        index_spooled_instances(self.config.storage.spool_dir, self.db, self.ingest)
         if self.config.console.enabled:  # first: a port in use stops the start before anything runs
             self.console = self._start_console(self.config.console.port if console_port is None else console_port)
         policy = PeerPolicy.from_config(self.config.node, self.config.peers,

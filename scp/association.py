@@ -14,7 +14,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
 from scp import dimse, pdu, statuses
 from scp.dimse import Command
@@ -39,14 +39,23 @@ class StoreRequest:
     address: str
 
 
+class Answer(NamedTuple):
+    """A request's status and error comment, and what is done once the answer is sent."""
+
+    status: int
+    comment: str = ""
+    then: Callable[[], None] | None = None  # never raises; runs even when the answer cannot be sent
+
+
 class Services(Protocol):
     """What the node does with an association: who is let in, and where instances go."""
 
     def rejection(self, request: AssociateRequest, address: str) -> Rejection | None:
         """Why the association must be rejected (after recording it), or None to accept it."""
 
-    def store(self, request: StoreRequest) -> tuple[int, str]:
-        """Store one instance; (status, error comment for a failure). Never raises."""
+    def store(self, request: StoreRequest) -> Answer:
+        """Store one instance; its status, an error comment for a failure, and the work left for after
+        the answer. Never raises."""
 
 
 @dataclass(frozen=True)
@@ -178,16 +187,20 @@ class Association:
         if command.field & dimse.RESPONSE_BIT or command.field == dimse.C_CANCEL_RQ:
             return  # nothing this acceptor asked for, nothing it can cancel
         if command.field == dimse.C_ECHO_RQ:
-            status, comment = statuses.SUCCESS, ""
+            answer = Answer(statuses.SUCCESS)
         elif command.field != dimse.C_STORE_RQ:
-            status, comment = statuses.UNRECOGNISED_OPERATION, "only C-ECHO and C-STORE are performed here"
+            answer = Answer(statuses.UNRECOGNISED_OPERATION, "only C-ECHO and C-STORE are performed here")
         elif command.sop_class_uid != abstract_syntax or not command.has_dataset:
-            status, comment = statuses.SOP_CLASS_NOT_SUPPORTED, "the SOP class is not the presentation context's"
+            answer = Answer(statuses.SOP_CLASS_NOT_SUPPORTED, "the SOP class is not the presentation context's")
         else:
-            status, comment = self.services.store(StoreRequest(
+            answer = self.services.store(StoreRequest(
                 command, b"".join(message.data), transfer_syntax, self.calling_ae, self.address))
-        self._send(pdu.p_data(message.context_id, True, dimse.encode_response(command, status, comment),
-                              self.peer_max_length))
+        try:
+            self._send(pdu.p_data(message.context_id, True,
+                                  dimse.encode_response(command, answer.status, answer.comment), self.peer_max_length))
+        finally:
+            if answer.then is not None:  # while the requestor reads the answer and readies its next message
+                answer.then()
 
     def _read_pdu(self, largest: int = 0) -> tuple[int, bytes]:
         """The next PDU's type and body; `largest` (not 0) bounds the body's length."""

@@ -2,7 +2,8 @@
 
 `NodeServices` never raises: it logs and returns a DICOM status. It hands the received bytes,
 untouched, to an `InstanceSink` and never waits for inference; the success status goes back only
-after the sink has made the instance durable.
+after the sink has made the instance durable in the spool, and the sink indexes it once the answer
+is sent.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pynetdicom.dsutils import decode
 from node.config import NodeSettings, Peer
 from node.errors import ConfigError, SpoolError
 from scp import statuses
-from scp.association import VERIFICATION, Association, Negotiation, Rejection, StoreRequest
+from scp.association import VERIFICATION, Answer, Association, Negotiation, Rejection, StoreRequest
 from scp.file_meta import part10_header
 from scp.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from scp.listener import AssociationServer, AssociationSlots, start_listener
@@ -50,8 +51,9 @@ class ReceivedInstance:
 
 
 class InstanceSink(Protocol):
-    def store(self, instance: ReceivedInstance) -> None:
-        """Make the instance durable (disk and database) or raise `SpoolError`."""
+    def store(self, instance: ReceivedInstance) -> Callable[[], None]:
+        """Make the instance durable in the spool or raise `SpoolError`; returns its indexing, which
+        never raises and runs once the success status is sent."""
 
 
 class AuditSink(Protocol):
@@ -124,15 +126,14 @@ class NodeServices:
             log.error("association record not written (%s); deciding without it", exc.__class__.__name__)
         return None if verdict is None else verdict[0]
 
-    def store(self, request: StoreRequest) -> tuple[int, str]:
-        """Check, hand to the sink, answer (status, reason for a refusal). Never raises."""
+    def store(self, request: StoreRequest) -> Answer:
+        """Check, hand to the sink, answer (with the reason for a refusal). Never raises."""
         try:
             checked = checked_instance(request)
             if isinstance(checked, tuple):
                 status, reason = checked
             else:
-                self.sink.store(checked)
-                return statuses.SUCCESS, ""
+                return Answer(statuses.SUCCESS, "", self.sink.store(checked))
         except SpoolError as exc:
             status, reason = statuses.OUT_OF_RESOURCES, f"out of resources: {exc}"
         except Exception as exc:
@@ -145,7 +146,7 @@ class NodeServices:
                               detail=f"0x{status:04X}: {reason}")
         except Exception:
             log.exception("refusal not audited")
-        return status, reason
+        return Answer(status, reason)
 
 
 def _part10_writer(header: bytes, dataset_bytes: bytes) -> Callable[[BinaryIO], None]:
@@ -185,7 +186,7 @@ def checked_instance(request: StoreRequest) -> ReceivedInstance | tuple[int, str
     raw = request.dataset
     syntax = request.transfer_syntax
     return ReceivedInstance(sop_class, sop_uid, study_uid, series_uid, syntax, request.calling_ae, header,
-                            _part10_writer(part10_header(sop_class, sop_uid, syntax), raw),
+                            _part10_writer(part10_header(sop_class, sop_uid, syntax, request.calling_ae), raw),
                             len(raw), request.address)
 
 

@@ -1,0 +1,96 @@
+"""At start-up, before listening: index the spooled instances that the database lacks.
+
+An instance is answered once its file is durable in the spool and indexed right after, with a commit
+that does not wait for the disk (see `node.db`); a power cut can take such commits back, and an
+instance whose indexing failed waits in memory only. Both are found here, in the series folders
+changed since shortly before the newest index entry, and indexed from the file: its File Meta names
+the peer that sent it (Sending Application Entity Title).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import pydicom
+from sqlalchemy import func, select
+
+from node.db import Database, Instance, Series
+from node.ingest import Ingest, Spooled, spool_path
+from scp.spool import PARTIAL_PREFIX, is_valid_uid
+from scp.storage_scp import ReceivedInstance
+
+log = logging.getLogger(__name__)
+
+# series folders changed up to this long before the newest index entry are checked: an instance's
+# index entry is written just after its file, by whichever association gets the database first
+MARGIN_SECONDS = 600.0
+NOTE = ", indexed from the spool at start-up"
+
+
+def index_spooled_instances(spool_dir: Path, db: Database, ingest: Ingest) -> int:
+    """Index every spooled instance the database lacks; returns how many were indexed."""
+    indexed = 0
+    for path in unindexed_files(spool_dir, db):
+        spooled = spooled_instance(path)
+        if spooled is None or spool_path(spool_dir, spooled.instance) != path:
+            log.warning("%s is in the spool but is not an instance dfnode received; left alone", path)
+        elif ingest.index(spooled):
+            indexed += 1
+    if indexed:
+        log.warning("indexed %d instance(s) from the spool that the database lacked (an unclean stop)", indexed)
+    return indexed
+
+
+def unindexed_files(spool_dir: Path, db: Database) -> Iterator[Path]:
+    """The instance files in recently changed series folders that have no index entry."""
+    with db.engine.connect() as conn:
+        newest = conn.scalar(select(func.max(Instance.received_at)))
+    since = newest - MARGIN_SECONDS if newest is not None else float("-inf")
+    for series_folder in _series_folders(spool_dir):
+        if series_folder.stat().st_mtime < since:
+            continue
+        names = {entry.name for entry in os.scandir(series_folder)
+                 if entry.name.endswith(".dcm") and not entry.name.startswith(PARTIAL_PREFIX)}
+        if not names:
+            continue
+        with db.engine.connect() as conn:
+            known = set(conn.scalars(select(Instance.sop_instance_uid).join(Series)
+                                     .where(Series.series_uid == series_folder.name)))
+        for name in sorted(names):
+            if name.removesuffix(".dcm") not in known:
+                yield series_folder / name
+
+
+def _series_folders(spool_dir: Path) -> Iterator[Path]:
+    """spool/<study UID>/<series UID> folders."""
+    if not spool_dir.is_dir():
+        return
+    for study in os.scandir(spool_dir):
+        if study.is_dir() and is_valid_uid(study.name):
+            for series in os.scandir(study.path):
+                if series.is_dir() and is_valid_uid(series.name):
+                    yield Path(series.path)
+
+
+def spooled_instance(path: Path) -> Spooled | None:
+    """A spooled file as the ingest indexes it, or None when it cannot be read as one."""
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        meta = header.file_meta
+        instance = ReceivedInstance(
+            str(header.SOPClassUID), str(header.SOPInstanceUID), str(header.StudyInstanceUID),
+            str(header.SeriesInstanceUID), str(meta.TransferSyntaxUID),
+            str(meta.get("SendingApplicationEntityTitle", "") or ""), header, _already_spooled)
+        stat = path.stat()
+    except Exception as exc:  # anything unreadable is reported by the caller and left as it is
+        log.debug("%s cannot be read: %s", path, exc)
+        return None
+    return Spooled(instance, path, stat.st_size, stat.st_mtime, NOTE)
+
+
+def _already_spooled(_file: BinaryIO) -> None:
+    raise RuntimeError("an instance indexed from the spool is not written again")

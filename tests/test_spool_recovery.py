@@ -1,0 +1,115 @@
+"""The spool is the record of what was acknowledged: an instance is answered once its file is durable,
+and an index entry that a power cut or a failing database takes back is written again, from the file."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import delete, select
+from sqlalchemy.exc import OperationalError
+
+from node.db import AuditEvent, Instance, Series
+from node.ingest import Spooled
+from node.service import Node
+from tests.conftest import node_config
+from tests.helpers import Receiver, ct_series, send, storescu, wait_for
+
+SLOW = {"name": "lung-ct", "model": "lung", "series_stable_seconds": 3600, "destinations": ["pacs"],
+        "match": {"modalities": ["CT"], "calling_ae_titles": ["PACS"]}}  # routed only when sent by PACS
+
+
+def _indexed(node: Node) -> set[str]:
+    with node.db.session() as s:
+        return set(s.scalars(select(Instance.sop_instance_uid)))
+
+
+def _spooled(data_dir: Path) -> set[str]:
+    return {p.stem for p in (data_dir / "spool").rglob("*.dcm")}
+
+
+def test_a_series_whose_index_a_power_cut_took_back_is_indexed_and_evaluated_at_start(
+        tmp_path: Path, model_dir: Path, classifiers, receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
+    files = ct_series(tmp_path / "ct", slices=5)
+    var = tmp_path / "var"
+    first = Node(node_config(var, model_dir, receiver.port, routes=[SLOW]), classifiers).start(port=0)
+    try:
+        assert storescu(first.port, files).returncode == 0  # DCMTK's, calling as PACS
+        sent = {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}
+        assert _indexed(first) == sent == _spooled(var)
+        with first.db.write_lock, first.db.engine.begin() as conn:  # what a power cut may take back
+            conn.execute(delete(AuditEvent).where(AuditEvent.event.in_(["instance.stored", "series.new"])))
+            conn.execute(delete(Instance))
+            conn.execute(delete(Series))
+    finally:
+        first.stop()
+    caplog.set_level(logging.WARNING, logger="node.spool_recovery")
+    routed = {**SLOW, "series_stable_seconds": 0.5}
+    second = Node(node_config(var, model_dir, receiver.port, routes=[routed]), classifiers).start(port=0)
+    try:
+        assert _indexed(second) == sent
+        assert "indexed 5 instance(s) from the spool" in caplog.text
+        with second.db.session() as s:
+            series = s.scalars(select(Series)).one()
+            assert (series.route, series.calling_ae, series.instance_count) == ("lung-ct", "PACS", 5)
+            details = s.scalars(select(AuditEvent.detail).where(AuditEvent.event == "instance.stored")).all()
+            assert len(details) == 5 and all(d.endswith("indexed from the spool at start-up") for d in details)
+        sr = wait_for(lambda: receiver.reports(), timeout=60)[0]
+        assert len(sr.ContentSequence[-1].ContentSequence) == 6  # the 5 images and the series
+    finally:
+        second.stop()
+
+
+def test_an_instance_the_database_cannot_index_is_answered_and_indexed_later(
+        tmp_path: Path, model_dir: Path, classifiers, caplog: pytest.LogCaptureFixture) -> None:
+    files = ct_series(tmp_path / "ct", slices=3)
+    uids = [str(pydicom.dcmread(f).SOPInstanceUID) for f in files]
+    var = tmp_path / "var"
+    node = Node(node_config(var, model_dir, routes=[SLOW]), classifiers).start(port=0)
+    record = node.ingest._record
+    failing = True
+
+    def locked_database(spooled: Spooled):  # type: ignore[no-untyped-def]
+        if failing:
+            raise OperationalError("INSERT INTO instances", {}, Exception("database is locked"))
+        return record(spooled)
+
+    node.ingest._record = locked_database  # type: ignore[method-assign]
+    try:
+        assert send(files[:1], node.port) == [0x0000]  # its file is durable: answered, index waiting
+        assert send(files[1:2], node.port) == [0xA700]  # refused while the first cannot be indexed
+        assert _spooled(var) == {uids[0]} and _indexed(node) == set()
+        assert f"instance {uids[0]} is in the spool but not indexed" in caplog.text
+        failing = False
+        assert send(files[1:2], node.port) == [0x0000]  # the first is indexed before it
+        assert _indexed(node) == set(uids[:2]) == _spooled(var)
+        failing = True
+        assert send(files[2:], node.port) == [0x0000]
+    finally:
+        node.stop()  # with the third's index still waiting in memory
+    again = Node(node_config(var, model_dir, routes=[SLOW]), classifiers).start(port=0)
+    try:
+        assert _indexed(again) == set(uids) == _spooled(var)
+    finally:
+        again.stop()
+
+
+def test_files_in_the_spool_that_dfnode_did_not_receive_are_left_alone(
+        tmp_path: Path, model_dir: Path, classifiers, caplog: pytest.LogCaptureFixture) -> None:
+    files = ct_series(tmp_path / "ct", slices=1)
+    series = tmp_path / "var" / "spool" / "1.2.3" / "1.2.3.4"
+    series.mkdir(parents=True)
+    (series / "1.2.3.4.5.dcm").write_bytes(b"not DICOM")
+    shutil.copy(files[0], series / "1.2.3.4.6.dcm")  # a real instance, in another series' folder
+    caplog.set_level(logging.WARNING, logger="node.spool_recovery")
+    node = Node(node_config(tmp_path / "var", model_dir), classifiers).start(port=0)
+    try:
+        assert _indexed(node) == set()
+        assert caplog.text.count("is in the spool but is not an instance dfnode received; left alone") == 2
+        assert send(files, node.port) == [0x0000]  # and the node serves
+        assert sorted(p.name for p in series.iterdir()) == ["1.2.3.4.5.dcm", "1.2.3.4.6.dcm"]
+    finally:
+        node.stop()
