@@ -178,7 +178,13 @@ class Node:
             assert self.config.tls.port is not None  # a server context exists only with a TLS port
             tls = TlsListener(self.config.tls.port if tls_port is None else tls_port, self.tls.server,
                               self.config.tls.handshake_timeout_seconds)
-        self.servers = start_storage_scp(self.config.node, policy, self.ingest, self.audit, plain_port, tls)
+        try:
+            self.servers = start_storage_scp(self.config.node, policy, self.ingest, self.audit, plain_port, tls)
+        except ConfigError:  # the DICOM port is taken: the console started first must not stay behind
+            if self.console is not None:
+                self.console.stop()
+                self.console = None
+            raise
         sending, storage = self.config.sending, self.config.storage
         self.threads = [
             _Loop("evaluator", self._evaluate_step, self.evaluate_wake, self.stop_event,

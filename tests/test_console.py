@@ -34,7 +34,7 @@ from tests.console import (
     sign_in,
     start_console_node,
 )
-from tests.helpers import Receiver, copy_with_new_uids, ct_series, echo, real_file, send, wait_for
+from tests.helpers import Receiver, copy_with_new_uids, ct_series, echo, free_port, real_file, send, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -254,6 +254,20 @@ def test_a_console_port_in_use_stops_the_start_with_the_key(tmp_path: Path, mode
         with pytest.raises(ConfigError, match="console.port: cannot listen on 127.0.0.1"):
             node.start(port=0)
         assert node.servers == []  # nothing else was started
+        node.db.close()
+
+
+def test_a_dicom_port_in_use_stops_the_console_started_before_it(tmp_path: Path, model_dir: Path,
+                                                                 receiver: Receiver, classifiers) -> None:
+    console_port = free_port()
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        raw = node_config_raw(tmp_path / "var", model_dir, receiver.port, console={"enabled": True})
+        node = Node(parse_config(raw, "test-config"), classifiers)
+        with pytest.raises(ConfigError, match="node.port: cannot listen on 127.0.0.1"):
+            node.start(port=taken.getsockname()[1], console_port=console_port)
+        assert node.console is None
+        with pytest.raises(ConnectionRefusedError):  # the console's port is given back
+            socket.create_connection(("127.0.0.1", console_port), timeout=5).close()
         node.db.close()
 
 
