@@ -37,7 +37,8 @@ _FIND_INSTANCE = (select(Instance.id, Instance.size, Instance.purged_at)
                   .where(Instance.sop_instance_uid == bindparam("uid")))
 _REPLACE_INSTANCE = (update(Instance).where(Instance.id == bindparam("row_id"))
                      .values(size=bindparam("new_size"), received_at=bindparam("now"),
-                             transfer_syntax=bindparam("syntax"), purged_at=None))
+                             transfer_syntax=bindparam("syntax"), file_mtime_ns=bindparam("mtime_ns"),
+                             purged_at=None))
 _COUNT_INSTANCE = (update(Series).where(Series.id == bindparam("series_id"))
                    .values(instance_count=Series.instance_count + bindparam("added"),
                            last_received_at=func.max(Series.last_received_at, bindparam("now")),
@@ -58,6 +59,7 @@ class Spooled:
     path: Path
     size: int
     received_at: float
+    file_mtime_ns: int  # the file's modification time as written, recorded with the index entry
     note: str = ""  # added to the audit event's detail
 
 
@@ -82,8 +84,8 @@ class Ingest:
         self.budget.reserve(instance.nbytes)
         path = spool_path(self.config.storage.spool_dir, instance)
         received_at = time.time()
-        size = write_atomically(path, instance.write)
-        spooled = Spooled(instance, path, size, received_at)
+        written = write_atomically(path, instance.write)
+        spooled = Spooled(instance, path, written.st_size, received_at, written.st_mtime_ns)
 
         def index_it() -> None:
             self.index(spooled)
@@ -147,11 +149,12 @@ class Ingest:
                     "sop_instance_uid": instance.sop_instance_uid, "sop_class_uid": instance.sop_class_uid,
                     "series_id": series_id, "path": str(path), "size": size,
                     "transfer_syntax": instance.transfer_syntax, "received_at": now,
-                    "calling_ae": instance.calling_ae})
+                    "calling_ae": instance.calling_ae, "file_mtime_ns": spooled.file_mtime_ns})
             else:  # sent again: the new copy replaced the old file (or came back after retention)
                 replaced = row.size if row.purged_at is None else 0
                 conn.execute(_REPLACE_INSTANCE, {"row_id": row.id, "new_size": size, "now": now,
-                                                 "syntax": instance.transfer_syntax})
+                                                 "syntax": instance.transfer_syntax,
+                                                 "mtime_ns": spooled.file_mtime_ns})
             route, received, evaluated = conn.execute(
                 _COUNT_INSTANCE, {"series_id": series_id, "added": int(row is None), "now": now}).one()
             events.append(self.audit.add(conn, "instance.stored", **uids, **peer,

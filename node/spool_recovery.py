@@ -4,7 +4,8 @@ An instance is answered once its file is durable in the spool and indexed right 
 that does not wait for the disk (see `node.db`); a power cut can take such commits back, and an
 instance whose indexing failed waits in memory only. Both are found here, in the series folders
 changed since shortly before the newest index entry, and indexed from the file: its File Meta names
-the peer that sent it (Sending Application Entity Title).
+the peer that sent it (Sending Application Entity Title). So is a copy sent again whose index entry
+was lost: its file's modification time is not the one its entry recorded.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ NOTE = ", indexed from the spool at start-up"
 
 
 def index_spooled_instances(spool_dir: Path, db: Database, ingest: Ingest) -> int:
-    """Index every spooled instance the database lacks; returns how many were indexed."""
+    """Index every spooled instance the database lacks or has an older copy of; returns how many were
+    indexed."""
     indexed = 0
     for path in unindexed_files(spool_dir, db):
         spooled = spooled_instance(path)
@@ -41,27 +43,31 @@ def index_spooled_instances(spool_dir: Path, db: Database, ingest: Ingest) -> in
         elif ingest.index(spooled):
             indexed += 1
     if indexed:
-        log.warning("indexed %d instance(s) from the spool that the database lacked (an unclean stop)", indexed)
+        log.warning("indexed %d instance(s) from the spool that the database lacked or had an older copy of "
+                    "(an unclean stop)", indexed)
     return indexed
 
 
 def unindexed_files(spool_dir: Path, db: Database) -> Iterator[Path]:
-    """The instance files in recently changed series folders that have no index entry."""
+    """The instance files in recently changed series folders that have no index entry, or whose entry
+    recorded another modification time (a copy sent again replaced the file, its entry was lost)."""
     with db.engine.connect() as conn:
         newest = conn.scalar(select(func.max(Instance.received_at)))
     since = newest - MARGIN_SECONDS if newest is not None else float("-inf")
     for series_folder in _series_folders(spool_dir):
         if series_folder.stat().st_mtime < since:
             continue
-        names = {entry.name for entry in os.scandir(series_folder)
+        files = {entry.name: entry for entry in os.scandir(series_folder)
                  if entry.name.endswith(".dcm") and not entry.name.startswith(PARTIAL_PREFIX)}
-        if not names:
+        if not files:
             continue
         with db.engine.connect() as conn:
-            known = set(conn.scalars(select(Instance.sop_instance_uid).join(Series)
-                                     .where(Series.series_uid == series_folder.name)))
-        for name in sorted(names):
-            if name.removesuffix(".dcm") not in known:
+            known = {uid: mtime_ns for uid, mtime_ns in conn.execute(
+                select(Instance.sop_instance_uid, Instance.file_mtime_ns).join(Series)
+                .where(Series.series_uid == series_folder.name))}
+        for name in sorted(files):
+            uid = name.removesuffix(".dcm")
+            if uid not in known or known[uid] not in (None, files[name].stat().st_mtime_ns):
                 yield series_folder / name
 
 
@@ -69,11 +75,13 @@ def _series_folders(spool_dir: Path) -> Iterator[Path]:
     """spool/<study UID>/<series UID> folders."""
     if not spool_dir.is_dir():
         return
-    for study in os.scandir(spool_dir):
-        if study.is_dir() and is_valid_uid(study.name):
-            for series in os.scandir(study.path):
-                if series.is_dir() and is_valid_uid(series.name):
-                    yield Path(series.path)
+    with os.scandir(spool_dir) as studies:
+        for study in studies:
+            if study.is_dir() and is_valid_uid(study.name):
+                with os.scandir(study.path) as series_folders:
+                    for series in series_folders:
+                        if series.is_dir() and is_valid_uid(series.name):
+                            yield Path(series.path)
 
 
 def spooled_instance(path: Path) -> Spooled | None:
@@ -89,7 +97,7 @@ def spooled_instance(path: Path) -> Spooled | None:
     except Exception as exc:  # anything unreadable is reported by the caller and left as it is
         log.debug("%s cannot be read: %s", path, exc)
         return None
-    return Spooled(instance, path, stat.st_size, stat.st_mtime, NOTE)
+    return Spooled(instance, path, stat.st_size, stat.st_mtime, stat.st_mtime_ns, NOTE)
 
 
 def _already_spooled(_file: BinaryIO) -> None:

@@ -58,11 +58,12 @@ def make_folders_durably(folder: Path) -> None:
         _fsync_folder(new.parent)
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> int:
+def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> os.stat_result:
     """Write through a temporary file, fsync it, rename it into place, fsync the folder (and the
     parents of folders made for it).
 
-    Either the whole file is there afterwards or nothing is; returns the size written.
+    Either the whole file is there afterwards or nothing is; returns the file's status (its size and
+    modification time) as written.
     """
     try:
         make_folders_durably(path.parent)
@@ -75,11 +76,11 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> int:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-            size = f.tell()
+            written = os.fstat(f.fileno())
         os.replace(tmp, path)
         replaced = True
         _fsync_folder(path.parent)
-        return size
+        return written
     except OSError as exc:
         raise SpoolError(f"cannot write {path.name}: {exc.strerror or exc}") from exc
     finally:

@@ -30,7 +30,7 @@ def test_a_new_series_folder_is_synced_into_its_parents(tmp_path: Path, synced: 
     root = tmp_path / "spool"
     root.mkdir()
     path = root / "1.2.3" / "1.2.3.4" / "1.2.3.4.5.dcm"
-    assert write_atomically(path, lambda f: f.write(b"DICM" * 10)) == 40
+    assert write_atomically(path, lambda f: f.write(b"DICM" * 10)).st_size == 40
     assert path.read_bytes() == b"DICM" * 10
     # the study folder's entry in the spool root, the series folder's in the study folder, the file's
     # data, then its name in the series folder

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import OperationalError
 
 from node.db import AuditEvent, Instance, Series
@@ -59,6 +59,50 @@ def test_a_series_whose_index_a_power_cut_took_back_is_indexed_and_evaluated_at_
             assert len(details) == 5 and all(d.endswith("indexed from the spool at start-up") for d in details)
         sr = wait_for(lambda: receiver.reports(), timeout=60)[0]
         assert len(sr.ContentSequence[-1].ContentSequence) == 6  # the 5 images and the series
+    finally:
+        second.stop()
+
+
+def test_a_copy_sent_again_whose_index_a_power_cut_took_back_is_indexed_at_start(
+        tmp_path: Path, model_dir: Path, classifiers, receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
+    files = ct_series(tmp_path / "ct", slices=3)
+    corrected = pydicom.dcmread(files[0])
+    corrected.ImageComments = "corrected and sent again " * 20
+    corrected.save_as(tmp_path / "corrected.dcm")
+    uid = str(corrected.SOPInstanceUID)
+    var = tmp_path / "var"
+    first = Node(node_config(var, model_dir, receiver.port, routes=[SLOW]), classifiers).start(port=0)
+    try:
+        assert storescu(first.port, files).returncode == 0
+        with first.db.session() as s:
+            before = s.execute(select(Instance.size, Instance.received_at, Instance.file_mtime_ns)
+                               .where(Instance.sop_instance_uid == uid)).one()
+            version = s.scalars(select(Series.received_version)).one()
+        assert storescu(first.port, [tmp_path / "corrected.dcm"]).returncode == 0
+        with first.db.write_lock, first.db.engine.begin() as conn:  # what a power cut may take back
+            conn.execute(update(Instance).where(Instance.sop_instance_uid == uid).values(
+                size=before.size, received_at=before.received_at, file_mtime_ns=before.file_mtime_ns))
+            conn.execute(update(Series).values(received_version=version))
+            conn.execute(delete(AuditEvent).where(AuditEvent.detail.contains("replaced an earlier copy")))
+            # an entry written by an earlier release records no modification time: left as it is
+            uid_2 = str(pydicom.dcmread(files[1]).SOPInstanceUID)
+            conn.execute(update(Instance).where(Instance.sop_instance_uid == uid_2).values(file_mtime_ns=None))
+    finally:
+        first.stop()
+    caplog.set_level(logging.WARNING, logger="node.spool_recovery")
+    second = Node(node_config(var, model_dir, receiver.port, routes=[SLOW]), classifiers).start(port=0)
+    try:
+        assert "indexed 1 instance(s) from the spool" in caplog.text
+        spooled = next((var / "spool").rglob(f"{uid}.dcm"))
+        with second.db.session() as s:
+            row = s.scalars(select(Instance).where(Instance.sop_instance_uid == uid)).one()
+            assert (row.size, row.file_mtime_ns) == (spooled.stat().st_size, spooled.stat().st_mtime_ns)
+            assert row.size > before.size
+            series = s.scalars(select(Series)).one()
+            assert (series.received_version, series.instance_count) == (version + 1, 3)  # to be evaluated again
+            assert s.scalars(select(AuditEvent.detail).where(AuditEvent.sop_instance_uid == uid)
+                             .where(AuditEvent.detail.contains("replaced an earlier copy, indexed from the spool"))
+                             ).one()
     finally:
         second.stop()
 
