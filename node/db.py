@@ -55,8 +55,8 @@ class Instance(Base):
     transfer_syntax: Mapped[str] = mapped_column(String(64))
     received_at: Mapped[float] = mapped_column(Float)
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
-    # the spool file's mtime when indexed: a file that differs was replaced by a copy sent again whose
-    # index entry was lost (None: indexed by an earlier release, which did not record it)
+    # the spool file's mtime when indexed: a file that differs (or whose size does) was replaced by a
+    # copy sent again whose index entry was lost (None: indexed by an earlier release, which did not record it)
     file_mtime_ns: Mapped[int | None] = mapped_column(Integer, nullable=True)
     purged_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # file deleted by retention
 

@@ -50,7 +50,8 @@ def index_spooled_instances(spool_dir: Path, db: Database, ingest: Ingest) -> in
 
 def unindexed_files(spool_dir: Path, db: Database) -> Iterator[Path]:
     """The instance files in recently changed series folders that have no index entry, or whose entry
-    recorded another modification time (a copy sent again replaced the file, its entry was lost)."""
+    recorded another size or modification time (a copy sent again replaced the file, its entry was
+    lost)."""
     with db.engine.connect() as conn:
         newest = conn.scalar(select(func.max(Instance.received_at)))
     since = newest - MARGIN_SECONDS if newest is not None else float("-inf")
@@ -62,13 +63,20 @@ def unindexed_files(spool_dir: Path, db: Database) -> Iterator[Path]:
         if not files:
             continue
         with db.engine.connect() as conn:
-            known = {uid: mtime_ns for uid, mtime_ns in conn.execute(
-                select(Instance.sop_instance_uid, Instance.file_mtime_ns).join(Series)
+            known = {uid: (size, mtime_ns) for uid, size, mtime_ns in conn.execute(
+                select(Instance.sop_instance_uid, Instance.size, Instance.file_mtime_ns).join(Series)
                 .where(Series.series_uid == series_folder.name))}
         for name in sorted(files):
             uid = name.removesuffix(".dcm")
-            if uid not in known or known[uid] not in (None, files[name].stat().st_mtime_ns):
+            if uid not in known or _replaced(known[uid], files[name].stat()):
                 yield series_folder / name
+
+
+def _replaced(entry: tuple[int, int | None], file: os.stat_result) -> bool:
+    """Whether the file is not the one the index entry (size, modification time) recorded. An entry of
+    an earlier release has no time; its size still tells."""
+    size, mtime_ns = entry
+    return file.st_size != size or mtime_ns not in (None, file.st_mtime_ns)
 
 
 def _series_folders(spool_dir: Path) -> Iterator[Path]:

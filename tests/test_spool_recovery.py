@@ -63,46 +63,53 @@ def test_a_series_whose_index_a_power_cut_took_back_is_indexed_and_evaluated_at_
         second.stop()
 
 
-def test_a_copy_sent_again_whose_index_a_power_cut_took_back_is_indexed_at_start(
+def test_copies_sent_again_whose_index_a_power_cut_took_back_are_indexed_at_start(
         tmp_path: Path, model_dir: Path, classifiers, receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
     files = ct_series(tmp_path / "ct", slices=3)
-    corrected = pydicom.dcmread(files[0])
-    corrected.ImageComments = "corrected and sent again " * 20
-    corrected.save_as(tmp_path / "corrected.dcm")
-    uid = str(corrected.SOPInstanceUID)
+    uids = [str(pydicom.dcmread(f).SOPInstanceUID) for f in files]
+    same_size = pydicom.dcmread(files[0])  # a pixel corrected: only the file's time tells
+    pixels = same_size.pixel_array
+    pixels[0, 0] += 1
+    same_size.PixelData = pixels.tobytes()
+    same_size.save_as(tmp_path / "0.dcm")
+    larger = pydicom.dcmread(files[2])
+    larger.ImageComments = "corrected and sent again " * 20
+    larger.save_as(tmp_path / "2.dcm")
     var = tmp_path / "var"
     first = Node(node_config(var, model_dir, receiver.port, routes=[SLOW]), classifiers).start(port=0)
     try:
         assert storescu(first.port, files).returncode == 0
         with first.db.session() as s:
-            before = s.execute(select(Instance.size, Instance.received_at, Instance.file_mtime_ns)
-                               .where(Instance.sop_instance_uid == uid)).one()
+            before = {row.sop_instance_uid: row for row in s.execute(
+                select(Instance.sop_instance_uid, Instance.size, Instance.received_at, Instance.file_mtime_ns))}
             version = s.scalars(select(Series.received_version)).one()
-        assert storescu(first.port, [tmp_path / "corrected.dcm"]).returncode == 0
+        assert storescu(first.port, [tmp_path / "0.dcm", tmp_path / "2.dcm"]).returncode == 0
         with first.db.write_lock, first.db.engine.begin() as conn:  # what a power cut may take back
-            conn.execute(update(Instance).where(Instance.sop_instance_uid == uid).values(
-                size=before.size, received_at=before.received_at, file_mtime_ns=before.file_mtime_ns))
+            for uid in uids:
+                old = before[uid]
+                conn.execute(update(Instance).where(Instance.sop_instance_uid == uid).values(
+                    size=old.size, received_at=old.received_at,
+                    # entries written by an earlier release record no time: the second's file is the
+                    # same, the third's is larger
+                    file_mtime_ns=old.file_mtime_ns if uid == uids[0] else None))
             conn.execute(update(Series).values(received_version=version))
             conn.execute(delete(AuditEvent).where(AuditEvent.detail.contains("replaced an earlier copy")))
-            # an entry written by an earlier release records no modification time: left as it is
-            uid_2 = str(pydicom.dcmread(files[1]).SOPInstanceUID)
-            conn.execute(update(Instance).where(Instance.sop_instance_uid == uid_2).values(file_mtime_ns=None))
     finally:
         first.stop()
     caplog.set_level(logging.WARNING, logger="node.spool_recovery")
     second = Node(node_config(var, model_dir, receiver.port, routes=[SLOW]), classifiers).start(port=0)
     try:
-        assert "indexed 1 instance(s) from the spool" in caplog.text
-        spooled = next((var / "spool").rglob(f"{uid}.dcm"))
+        assert "indexed 2 instance(s) from the spool" in caplog.text
         with second.db.session() as s:
-            row = s.scalars(select(Instance).where(Instance.sop_instance_uid == uid)).one()
-            assert (row.size, row.file_mtime_ns) == (spooled.stat().st_size, spooled.stat().st_mtime_ns)
-            assert row.size > before.size
+            for uid in (uids[0], uids[2]):
+                spooled = next((var / "spool").rglob(f"{uid}.dcm")).stat()
+                row = s.scalars(select(Instance).where(Instance.sop_instance_uid == uid)).one()
+                assert (row.size, row.file_mtime_ns) == (spooled.st_size, spooled.st_mtime_ns)
+                assert s.scalars(select(AuditEvent.detail).where(AuditEvent.sop_instance_uid == uid).where(
+                    AuditEvent.detail.contains("replaced an earlier copy, indexed from the spool"))).one()
+            assert s.scalars(select(Instance.file_mtime_ns).where(Instance.sop_instance_uid == uids[1])).one() is None
             series = s.scalars(select(Series)).one()
-            assert (series.received_version, series.instance_count) == (version + 1, 3)  # to be evaluated again
-            assert s.scalars(select(AuditEvent.detail).where(AuditEvent.sop_instance_uid == uid)
-                             .where(AuditEvent.detail.contains("replaced an earlier copy, indexed from the spool"))
-                             ).one()
+            assert (series.received_version, series.instance_count) == (version + 2, 3)  # to be evaluated again
     finally:
         second.stop()
 
