@@ -180,7 +180,7 @@ class Node:
                               self.config.tls.handshake_timeout_seconds)
         try:
             self.servers = start_storage_scp(self.config.node, policy, self.ingest, self.audit, plain_port, tls)
-        except ConfigError:  # the DICOM port is taken: the console started first must not stay behind
+        except Exception:  # a port in use, or any other failure: the console started first must not stay behind
             if self.console is not None:
                 self.console.stop()
                 self.console = None
