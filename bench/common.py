@@ -20,6 +20,7 @@ import pydicom
 import torch
 from pydicom.uid import generate_uid
 
+from node.config import load_config
 from node.tables import format_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,6 +38,20 @@ def machine() -> str:
         memory = 0.0
     return (f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads")
+
+
+def shipped_stable_seconds() -> dict[str, float]:
+    """Each model's `series_stable_seconds` in the shipped config.yaml."""
+    return {r.model: r.series_stable_seconds for r in load_config(REPO / "config.yaml").routes}
+
+
+def with_shipped_stable_times(raw: dict) -> dict:
+    """A config document's routes with the shipped stable times (the tests' are short), so that what
+    the node does while a series waits (scoring it early) is as shipped."""
+    stable = shipped_stable_seconds()
+    for route in raw["routes"]:
+        route["series_stable_seconds"] = stable[route["model"]]
+    return raw
 
 
 def percentile(values: Sequence[float], q: float) -> float:

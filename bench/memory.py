@@ -1,5 +1,6 @@
 """Memory: the resident set of `dfnode serve` with both models loaded, and while 2,000 instances are
-received, evaluated and reported (10 CT series of 200 slices), to see that it does not grow.
+received, evaluated and reported (10 CT series of 200 slices, each scored while it waits for the
+shipped stable time), to see that it does not grow.
 
     .venv/bin/python -m bench.memory [--series 10] [--slices 200]
 """
@@ -11,7 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
-from bench.common import REPO, in_temp_folder, print_table, with_new_uids
+from bench.common import REPO, in_temp_folder, print_table, with_new_uids, with_shipped_stable_times
 from tests.conftest import node_config_raw
 from tests.helpers import Receiver, ct_series, free_port, send, wait_for
 from tests.serve_process import start_serve, write_config
@@ -39,8 +40,9 @@ def run(folder: Path, series: int, slices: int) -> None:
     template = ct_series(folder / "template", slices=slices, size=512)
     receiver = Receiver().start()
     port = free_port()
-    raw = node_config_raw(folder / "var", REPO / "weights", receiver.port, node={"port": port},
-                          console={"enabled": True, "port": free_port()})  # as shipped: the web console on
+    raw = with_shipped_stable_times(node_config_raw(folder / "var", REPO / "weights", receiver.port,
+                                                    node={"port": port},
+                                                    console={"enabled": True, "port": free_port()}))  # as shipped
     config = write_config(raw, folder / "config.yaml")
     first = start_serve(config, port, folder / "serve-first.log")  # exports the models for onnxruntime
     rows = [["first start (exports both models), idle", *(f"{v:.0f}" for v in memory_mib(first.process.pid))]]

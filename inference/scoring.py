@@ -82,15 +82,16 @@ _Top = tuple[float, tuple[str, int | None], np.ndarray, tuple[int, int]]  # the 
 
 
 @dataclass
-class _Scored:
-    """What scoring some files of a series gave: results, failures, headers, the most suspicious image."""
+class ScoredFiles:
+    """What scoring some files of a series gave: results, failures, headers, the most suspicious image
+    (kept prepared, for the region when the series is suspected)."""
 
     evaluated: list[ImageResult]
     failures: list[ImageResult]
     headers: list[Dataset]
     top: _Top | None
 
-    def merge(self, other: _Scored) -> None:
+    def merge(self, other: ScoredFiles) -> None:
         self.evaluated += other.evaluated
         self.failures += other.failures
         self.headers += other.headers
@@ -99,28 +100,36 @@ class _Scored:
 
 
 def score_files(classifier: Classifier, paths: Iterable[Path], slice_stride: int = 1,
-                preparing: int | PreparingProcesses = 1) -> tuple[SeriesResult, list[Dataset]]:
+                preparing: int | PreparingProcesses = 1,
+                scored_before: ScoredFiles | None = None) -> tuple[SeriesResult, list[Dataset]]:
     """Evaluate the DICOM files of one series; unusable images are reported, never raised.
 
     Each file is read once; its header (the dataset without pixel data) comes back for the report.
     With `slice_stride` n > 1, every n-th slice and the neighbours of suspicious ones are scored
     (`inference.slices`); the others are reported as not evaluated, with the stride as the reason.
     `preparing` threads (a number), or the node's preparing processes, read and prepare the next
-    batches while the model scores one."""
+    batches while the model scores one. `scored_before` holds what `score_paths` gave for the series'
+    first files (scored while the series arrived); `paths` are then the files after them, every one scored."""
     files = list(paths)
-    if slice_stride > 1 and len(files) > slice_stride:
+    if scored_before is not None:
+        if slice_stride > 1:
+            raise ValueError("files scored before join only a series whose every slice is scored")
+        scored = ScoredFiles([], [], [], None)
+        for part in (scored_before, score_paths(classifier, files, preparing)):
+            scored.merge(part)
+    elif slice_stride > 1 and len(files) > slice_stride:
         scored = _score_strided(classifier, files, slice_stride, preparing)
     else:
-        scored = _score_paths(classifier, files, preparing)
+        scored = score_paths(classifier, files, preparing)
     return _series_result(classifier, scored), scored.headers
 
 
-def _score_paths(classifier: Classifier, files: list[Path], preparing: int | PreparingProcesses = 1) -> _Scored:
+def score_paths(classifier: Classifier, files: list[Path], preparing: int | PreparingProcesses = 1) -> ScoredFiles:
     """Score files in batches. The next batches (one per preparing thread or process) are read and
     prepared while the model scores this one, in order, and only the most suspicious image is kept, so
     a long series costs a few batches of images in memory."""
     parts = [files[i:i + classifier.batch_size] for i in range(0, len(files), classifier.batch_size)]
-    scored = _Scored([], [], [], None)
+    scored = ScoredFiles([], [], [], None)
     with _preparer(classifier, preparing) as (ahead, start):
         upcoming = deque(start(part) for part in parts[:ahead])
         for n in range(len(parts)):
@@ -134,7 +143,7 @@ def _score_paths(classifier: Classifier, files: list[Path], preparing: int | Pre
             if len(probabilities):
                 best = int(np.argmax(probabilities))
                 top = (float(probabilities[best]), chunk.keys[best], chunk.images[best], chunk.shapes[best])
-            scored.merge(_Scored([ImageResult(uid, frame, float(p))
+            scored.merge(ScoredFiles([ImageResult(uid, frame, float(p))
                                   for (uid, frame), p in zip(chunk.keys, probabilities, strict=True)],
                                  chunk.failures, chunk.headers, top))
     return scored
@@ -155,19 +164,19 @@ def _preparer(classifier: Classifier, preparing: int | PreparingProcesses) -> It
 
 
 def _score_strided(classifier: Classifier, files: list[Path], stride: int,
-                   preparing: int | PreparingProcesses) -> _Scored:
+                   preparing: int | PreparingProcesses) -> ScoredFiles:
     """Every `stride`-th slice in anatomical order, then the unscored neighbours of suspicious ones."""
     headers = [_read_header(path) for path in files]
     order = slice_order(headers)
     uid_at = [_sop_instance_uid(headers[i]) for i in order]
     unreadable = [p for p, uid in enumerate(uid_at) if uid is None]  # scored first, so reported as failures
     first = sorted(set(sampled_positions(len(files), stride)) | set(unreadable))
-    scored = _score_paths(classifier, [files[order[p]] for p in first], preparing)
+    scored = score_paths(classifier, [files[order[p]] for p in first], preparing)
     score_of = {r.sop_instance_uid: r.score or 0.0 for r in scored.evaluated}
     flagged = [p for p in first if score_of.get(uid_at[p] or "", 0.0) >= classifier.card.threshold]
     more = neighbour_positions(flagged, stride, len(files), set(first))
     if more:
-        scored.merge(_score_paths(classifier, [files[order[p]] for p in more], preparing))
+        scored.merge(score_paths(classifier, [files[order[p]] for p in more], preparing))
     rank = {uid: p for p, uid in enumerate(uid_at) if uid is not None}
     scored.evaluated.sort(key=lambda r: (rank.get(r.sop_instance_uid, len(rank)), r.frame_number or 0))
     done = set(first) | set(more)
@@ -192,7 +201,7 @@ def _read_header(path: Path) -> Dataset | None:
         return None
 
 
-def _series_result(classifier: Classifier, scored: _Scored) -> SeriesResult:
+def _series_result(classifier: Classifier, scored: ScoredFiles) -> SeriesResult:
     evaluated = scored.evaluated
     scores = [r.score for r in evaluated if r.score is not None]
     score = aggregate(scores, classifier.card.series_aggregation) if scores else None

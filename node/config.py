@@ -167,6 +167,9 @@ class Route(_Strict):
     destinations: list[str] = Field(default_factory=list)
     # CT: score every n-th slice and the neighbours of suspicious ones (1: every slice)
     slice_stride: int = Field(1, ge=1, le=16)
+    early_scoring_seconds: float | None = Field(
+        1.0, ge=0, description="once nothing has arrived for this long, score what the series has while it "
+                               "waits to be stable (every-slice routes); none: score only at the stable time")
 
 
 class SendingSettings(_Strict):

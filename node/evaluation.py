@@ -1,7 +1,8 @@
 """Series completion and evaluation: stable series are scored, reported, and queued for sending.
 
 A series is due when it has a route, `received_version > evaluated_version`, and nothing has
-arrived for `series_stable_seconds`. The SR file, the report row, the deliveries and the new
+arrived for `series_stable_seconds`. While it waits, what it has is scored whenever no series is
+due (`node.early_scoring`). The SR file, the report row, the deliveries and the new
 `evaluated_version` are committed together, so a crash either repeats the evaluation (with the
 same deterministic SR UID) or finds it done.
 """
@@ -20,10 +21,11 @@ from sqlalchemy import select, update
 
 from inference.model import Classifier
 from inference.preparing import PreparingProcesses
-from inference.scoring import SeriesResult, score_files
+from inference.scoring import SeriesResult, score_files, score_paths
 from node.audit import Audit, emit
 from node.config import Config
-from node.db import AuditEvent, Database, Delivery, Instance, Report, Series
+from node.db import AuditEvent, Database, Delivery, Report, Series
+from node.early_scoring import EarlyScores, scores_early, series_files
 from scp.spool import write_atomically
 from sr.key_image import build_key_image
 from sr.report import NothingToCite, ReportIdentity, build_report, report_uids
@@ -52,6 +54,9 @@ class Evaluator:
         self.device_uid = device_uid
         self.next_due_at: float | None = None  # when the earliest series not yet due becomes due
         self.evaluating: int | None = None  # the series id being evaluated now (the console shows it)
+        self.early = EarlyScores()
+        self.waiting: list[tuple[int, int]] = []  # (series id, received version) to score early, due soonest first
+        self.early_work_left = False
         workers = config.inference.preparing_thread_count()
         self.preparing: int | PreparingProcesses = (
             PreparingProcesses(workers) if config.inference.preparing_in == "processes" else workers)
@@ -62,33 +67,48 @@ class Evaluator:
             self.preparing.close()
 
     def due_series(self, now: float) -> list[int]:
-        """Series whose stable time has passed; notes when the next one will be due."""
+        """Series whose stable time has passed; notes those to score while they wait (`waiting`) and
+        when the next one will be due or quiet long enough to be scored early."""
         with self.db.session() as s:
-            candidates = s.execute(select(Series.id, Series.route, Series.last_received_at).where(
-                Series.route.is_not(None), Series.received_version > Series.evaluated_version)).all()
+            candidates = s.execute(select(Series.id, Series.route, Series.last_received_at, Series.received_version)
+                                   .where(Series.route.is_not(None),
+                                          Series.received_version > Series.evaluated_version)).all()
         due: list[int] = []
-        waiting: list[float] = []
-        for series_id, route_name, last in candidates:
+        waiting: list[tuple[float, int, int]] = []
+        wake_at: list[float] = []
+        for series_id, route_name, last, version in candidates:
             route = self.config.route(route_name or "")
             stable = route.series_stable_seconds if route else 0.0
             if now - last >= stable:
                 due.append(series_id)
-            else:
-                waiting.append(last + stable)
-        self.next_due_at = min(waiting) if waiting else None
+                continue
+            wake_at.append(last + stable)
+            if route is not None and scores_early(route):
+                quiet_at = last + (route.early_scoring_seconds or 0.0)
+                if now >= quiet_at:
+                    waiting.append((last + stable, series_id, version))
+                else:
+                    wake_at.append(quiet_at)
+        self.next_due_at = min(wake_at) if wake_at else None
+        self.waiting = [(series_id, version) for _, series_id, version in sorted(waiting)]
+        self.early.keep_only({c[0] for c in candidates})
         return due
 
     def seconds_to_next_due(self, longest: float = 0.5) -> float:
         """How long the evaluator may sleep: until the next series is due, at most `longest` (a new
         instance wakes it anyway)."""
+        if self.early_work_left:
+            return 0.0
         if self.next_due_at is None:
             return longest
         return min(longest, max(0.005, self.next_due_at - time.time()))
 
     def run_once(self) -> int:
-        """Evaluate every due series; returns how many were evaluated."""
+        """Evaluate every due series, or when none is due score a batch of one waiting; returns how many
+        series were evaluated."""
         done = 0
         due = self.due_series(time.time())
+        self.early_work_left = not due and self.score_early()
         if due:  # instances that arrive while these are evaluated wake nobody: look again at once after
             self.next_due_at = time.time()
         for series_id in due:
@@ -102,6 +122,34 @@ class Evaluator:
             finally:
                 self.evaluating = None
         return done
+
+    def score_early(self) -> bool:
+        """Score the next batch of the waiting series due soonest that has files left to score; whether
+        there was one."""
+        if self.early.full():
+            return False
+        for series_id, version in self.waiting:
+            if self.early.caught_up(series_id, version):
+                continue
+            with self.db.session() as s:
+                series = s.get(Series, series_id)
+                files = series_files(s, series_id)
+            route = self.config.route(series.route or "") if series is not None else None
+            if route is None or route.model not in self.classifiers:
+                continue
+            rest = self.early.unscored(series_id, files, version)
+            if not rest:
+                continue
+            classifier = self.classifiers[route.model]
+            part = rest[:classifier.batch_size]
+            try:
+                self.early.add(series_id, part, score_paths(classifier, [f.path for f in part], self.preparing))
+            except Exception:  # scored whole at the stable time instead, where a failure is reported
+                log.exception("series id %d: scoring while it waits failed; it is scored at its stable time",
+                              series_id)
+                self.early.give_up(series_id, version)
+            return True
+        return False
 
     def _record_failure(self, series_id: int, error: str) -> None:
         with self.db.write_lock, self.db.session() as s, s.begin():
@@ -120,10 +168,7 @@ class Evaluator:
             if series is None:
                 return None
             version = series.received_version
-            files = {uid: Path(p) for uid, p in s.execute(
-                select(Instance.sop_instance_uid, Instance.path).where(Instance.series_id == series_id,
-                                                                       Instance.purged_at.is_(None))
-                .order_by(Instance.received_at, Instance.id))}
+            listed = series_files(s, series_id)
             previous = s.scalars(select(Report).where(Report.series_id == series_id)
                                  .order_by(Report.version.desc())).first()
         route = self.config.route(series.route or "")
@@ -131,10 +176,14 @@ class Evaluator:
             self._record_failure(series_id, f"route {series.route!r} or its model is no longer configured")
             return None
         classifier = self.classifiers[route.model]
+        scored_before, rest = self.early.take(series_id, listed) if route.slice_stride == 1 else (None, listed)
+        early = f", {len(listed) - len(rest)} scored while it waited" if scored_before is not None else ""
         self.audit.record("series.evaluating", study_uid=series.study_uid, series_uid=series.series_uid,
-                          detail=f"version {version}: {len(files)} file(s), model {route.model}")
+                          detail=f"version {version}: {len(listed)} file(s), model {route.model}{early}")
         started = time.monotonic()
-        result, headers = score_files(classifier, list(files.values()), route.slice_stride, self.preparing)
+        result, headers = score_files(classifier, [f.path for f in rest], route.slice_stride, self.preparing,
+                                      scored_before)
+        files = {f.sop_instance_uid: f.path for f in listed}
         sr_series_uid, sr_uid = report_uids(series.series_uid, version)
         identity = ReportIdentity(self.device_uid, self.config.node.ae_title, "dfnode", sr_series_uid, sr_uid, version)
         try:
