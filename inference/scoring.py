@@ -91,6 +91,10 @@ class ScoredFiles:
     headers: list[Dataset]
     top: _Top | None
 
+    @classmethod
+    def empty(cls) -> ScoredFiles:
+        return cls([], [], [], None)
+
     def merge(self, other: ScoredFiles) -> None:
         self.evaluated += other.evaluated
         self.failures += other.failures
@@ -114,7 +118,7 @@ def score_files(classifier: Classifier, paths: Iterable[Path], slice_stride: int
     if scored_before is not None:
         if slice_stride > 1:
             raise ValueError("files scored before join only a series whose every slice is scored")
-        scored = ScoredFiles([], [], [], None)
+        scored = ScoredFiles.empty()
         for part in (scored_before, score_paths(classifier, files, preparing)):
             scored.merge(part)
     elif slice_stride > 1 and len(files) > slice_stride:
@@ -129,7 +133,7 @@ def score_paths(classifier: Classifier, files: list[Path], preparing: int | Prep
     prepared while the model scores this one, in order, and only the most suspicious image is kept, so
     a long series costs a few batches of images in memory."""
     parts = [files[i:i + classifier.batch_size] for i in range(0, len(files), classifier.batch_size)]
-    scored = ScoredFiles([], [], [], None)
+    scored = ScoredFiles.empty()
     with _preparer(classifier, preparing) as (ahead, start):
         upcoming = deque(start(part) for part in parts[:ahead])
         for n in range(len(parts)):
@@ -144,8 +148,8 @@ def score_paths(classifier: Classifier, files: list[Path], preparing: int | Prep
                 best = int(np.argmax(probabilities))
                 top = (float(probabilities[best]), chunk.keys[best], chunk.images[best], chunk.shapes[best])
             scored.merge(ScoredFiles([ImageResult(uid, frame, float(p))
-                                  for (uid, frame), p in zip(chunk.keys, probabilities, strict=True)],
-                                 chunk.failures, chunk.headers, top))
+                                      for (uid, frame), p in zip(chunk.keys, probabilities, strict=True)],
+                                     chunk.failures, chunk.headers, top))
     return scored
 
 

@@ -12,7 +12,7 @@ scored at their stable time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
@@ -52,8 +52,8 @@ def scores_early(route: Route) -> bool:
 
 @dataclass
 class _Progress:
-    files: list[SeriesFile]  # the series' first files, scored
-    scored: ScoredFiles
+    files: list[SeriesFile] = field(default_factory=list)  # the series' first files, scored
+    scored: ScoredFiles = field(default_factory=ScoredFiles.empty)
     caught_up_at: int | None = None  # the series' received version when nothing was left to score
 
 
@@ -70,9 +70,9 @@ class EarlyScores:
 
     def unscored(self, series_id: int, files: list[SeriesFile], received_version: int) -> list[SeriesFile]:
         """The files after those scored; all of them, forgetting the scores, if those are no longer the first."""
-        progress = self._progress.setdefault(series_id, _Progress([], ScoredFiles([], [], [], None)))
+        progress = self._progress.setdefault(series_id, _Progress())
         if files[:len(progress.files)] != progress.files:
-            progress = self._progress[series_id] = _Progress([], ScoredFiles([], [], [], None))
+            progress = self._progress[series_id] = _Progress()
         rest = files[len(progress.files):]
         if not rest:
             progress.caught_up_at = received_version
@@ -86,7 +86,7 @@ class EarlyScores:
 
     def give_up(self, series_id: int, received_version: int) -> None:
         """Score nothing more of the series until more arrives; it is scored whole at its stable time."""
-        self._progress[series_id] = _Progress([], ScoredFiles([], [], [], None), received_version)
+        self._progress[series_id] = _Progress(caught_up_at=received_version)
 
     def take(self, series_id: int, files: list[SeriesFile]) -> tuple[ScoredFiles | None, list[SeriesFile]]:
         """(what was scored of `files`' first ones, the files left to score), forgetting the series."""
