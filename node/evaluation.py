@@ -23,7 +23,7 @@ from inference.model import Classifier
 from inference.preparing import PreparingProcesses
 from inference.scoring import SeriesResult, score_files, score_paths
 from node.audit import Audit, emit
-from node.config import Config
+from node.config import Config, Route
 from node.db import AuditEvent, Database, Delivery, Report, Series
 from node.early_scoring import EarlyScores, scores_early, series_files
 from scp.spool import write_atomically
@@ -55,7 +55,8 @@ class Evaluator:
         self.next_due_at: float | None = None  # when the earliest series not yet due becomes due
         self.evaluating: int | None = None  # the series id being evaluated now (the console shows it)
         self.early = EarlyScores()
-        self.waiting: list[tuple[int, int]] = []  # (series id, received version) to score early, due soonest first
+        # (series id, received version, route) to score early, due soonest first
+        self.waiting: list[tuple[int, int, Route]] = []
         self.early_work_left = False
         workers = config.inference.preparing_thread_count()
         self.preparing: int | PreparingProcesses = (
@@ -74,7 +75,7 @@ class Evaluator:
                                    .where(Series.route.is_not(None),
                                           Series.received_version > Series.evaluated_version)).all()
         due: list[int] = []
-        waiting: list[tuple[float, int, int]] = []
+        waiting: list[tuple[float, int, int, Route]] = []
         wake_at: list[float] = []
         for series_id, route_name, last, version in candidates:
             route = self.config.route(route_name or "")
@@ -86,11 +87,12 @@ class Evaluator:
             if route is not None and scores_early(route):
                 quiet_at = last + (route.early_scoring_seconds or 0.0)
                 if now >= quiet_at:
-                    waiting.append((last + stable, series_id, version))
+                    waiting.append((last + stable, series_id, version, route))
                 else:
                     wake_at.append(quiet_at)
         self.next_due_at = min(wake_at) if wake_at else None
-        self.waiting = [(series_id, version) for _, series_id, version in sorted(waiting)]
+        self.waiting = [(series_id, version, route) for _, series_id, version, route in
+                        sorted(waiting, key=lambda w: w[:3])]
         self.early.keep_only({c[0] for c in candidates})
         return due
 
@@ -128,15 +130,11 @@ class Evaluator:
         there was one."""
         if self.early.full():
             return False
-        for series_id, version in self.waiting:
-            if self.early.caught_up(series_id, version):
+        for series_id, version, route in self.waiting:
+            if self.early.caught_up(series_id, version) or route.model not in self.classifiers:
                 continue
             with self.db.session() as s:
-                series = s.get(Series, series_id)
                 files = series_files(s, series_id)
-            route = self.config.route(series.route or "") if series is not None else None
-            if route is None or route.model not in self.classifiers:
-                continue
             rest = self.early.unscored(series_id, files, version)
             if not rest:
                 continue
@@ -176,7 +174,7 @@ class Evaluator:
             self._record_failure(series_id, f"route {series.route!r} or its model is no longer configured")
             return None
         classifier = self.classifiers[route.model]
-        scored_before, rest = self.early.take(series_id, listed) if route.slice_stride == 1 else (None, listed)
+        scored_before, rest = self.early.take(series_id, listed)  # none for a strided route: not scored early
         early = f", {len(listed) - len(rest)} scored while it waited" if scored_before is not None else ""
         self.audit.record("series.evaluating", study_uid=series.study_uid, series_uid=series.series_uid,
                           detail=f"version {version}: {len(listed)} file(s), model {route.model}{early}")
