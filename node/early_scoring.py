@@ -105,6 +105,7 @@ class EarlyScores:
         return sum(len(p.files) for p in self._progress.values()) >= MOST_FILES_KEPT
 
     def scored_count(self, series_id: int) -> int:
-        """How many of the series' files are scored so far."""
+        """How many of the series' files are scored so far (the console asks from its own thread: one
+        lookup, no iteration)."""
         progress = self._progress.get(series_id)
         return len(progress.files) if progress else 0

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -41,13 +41,23 @@ class Outcome:
     report_path: Path
 
 
+class EvaluationMetrics(Protocol):
+    """What the evaluator tells the node's metrics."""
+
+    def observe_inference(self, model: str, seconds: float) -> None:
+        """One series scored and reported with `model` in `seconds`."""
+
+    def count_scored_early(self, model: str, images: int) -> None:
+        """`images` more of a waiting series scored with `model` before its stable time."""
+
+
 class Evaluator:
     """Finds due series and evaluates them with the route's model."""
 
     def __init__(self, config: Config, db: Database, audit: Audit, classifiers: dict[str, Classifier],
-                 device_uid: str, observe_seconds: Callable[[str, float], None] | None = None):
+                 device_uid: str, metrics: EvaluationMetrics | None = None):
         self.config = config
-        self.observe_seconds = observe_seconds  # told (model, seconds) per evaluated series: the metrics
+        self.metrics = metrics
         self.db = db
         self.audit = audit
         self.classifiers = classifiers
@@ -142,6 +152,8 @@ class Evaluator:
             part = rest[:classifier.batch_size]
             try:
                 self.early.add(series_id, part, score_paths(classifier, [f.path for f in part], self.preparing))
+                if self.metrics is not None:
+                    self.metrics.count_scored_early(route.model, len(part))
             except Exception:  # scored whole at the stable time instead, where a failure is reported
                 log.exception("series id %d: scoring while it waits failed; it is scored at its stable time",
                               series_id)
@@ -199,8 +211,8 @@ class Evaluator:
                    f"to {', '.join(route.destinations) or 'no destination'}")
         event = self._commit(series_id, version, result, sr_uid, report_path, key_path, route.destinations, summary)
         emit(event)
-        if self.observe_seconds is not None:
-            self.observe_seconds(route.model, time.monotonic() - started)
+        if self.metrics is not None:
+            self.metrics.observe_inference(route.model, time.monotonic() - started)
         return Outcome(series.series_uid, result, report_path)
 
     def _write_key_image(self, series_uid: str, version: int, result: SeriesResult, files: dict[str, Path],

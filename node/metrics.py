@@ -1,7 +1,8 @@
 """Prometheus metrics of one node, served at the console's /metrics.
 
 Counters follow the audit trail (each event counts as it is written); the jobs gauge is read from
-the database at each scrape; inference latency is observed by the evaluator per series.
+the database at each scrape; the evaluator tells the inference latency per series and the images it
+scores while their series wait.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class Metrics:
         }
         self.inference = Histogram("dfnode_inference_seconds", "Time to score and report one series",
                                    ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.scored_early = Counter("dfnode_images_scored_early_total",
+                                    "Images of series waiting to be stable, scored before their stable time",
+                                    ["model"], registry=self.registry)
         self.registry.register(_Jobs(db))
 
     def count_event(self, event: str) -> None:
@@ -78,6 +82,9 @@ class Metrics:
 
     def observe_inference(self, model: str, seconds: float) -> None:
         self.inference.labels(model).observe(seconds)
+
+    def count_scored_early(self, model: str, images: int) -> None:
+        self.scored_early.labels(model).inc(images)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -134,7 +134,7 @@ class Node:
         self.ingest = Ingest(config, self.db, self.budget, self.audit, self.evaluate_wake)
         self.retention = Retention(config, self.db, self.budget, self.audit)
         self.evaluator = Evaluator(config, self.db, self.audit, self.classifiers,
-                                   _device_uid(config.storage.data_dir), self.metrics.observe_inference)
+                                   _device_uid(config.storage.data_dir), self.metrics)
         self.deliverer = Deliverer(config, self.db, self.audit, self.tls.client)
         self.servers: list[AssociationServer] = []
         self.threads: list[_Loop] = []
@@ -204,7 +204,8 @@ class Node:
         settings = self.config.console
         setup = SetupToken(self.db)
         context = ConsoleContext(self.config, self.db, self.audit, self.metrics, Models(self.config, self.classifiers),
-                                 setup, self.deliver_wake.set, lambda: self.evaluator.evaluating)
+                                 setup, self.deliver_wake.set, lambda: self.evaluator.evaluating,
+                                 self.evaluator.early.scored_count)
         try:
             console = ConsoleServer(build_app(context), settings.bind_address, port).start()
         except OSError as exc:

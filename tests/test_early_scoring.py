@@ -3,6 +3,7 @@ copy sent again is scored again."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pydicom
@@ -14,16 +15,22 @@ from node.config import parse_config
 from node.db import AuditEvent, Series
 from node.early_scoring import EarlyScores, SeriesFile
 from node.service import Node
+from node.users import add_user
 from tests.conftest import node_config_raw
+from tests.console import ADMIN, PASSWORD, client, close_clients, sign_in
 from tests.helpers import Receiver, ct_series, send, wait_for
 from tests.sr_contract import SCORE, image_groups, item, referenced_images
 
 
-def _early_node(tmp_path: Path, model_dir: Path, receiver: Receiver, classifiers, stable: float) -> Node:
-    raw = node_config_raw(tmp_path / "var", model_dir, receiver.port)
+def _early_node(tmp_path: Path, model_dir: Path, receiver: Receiver, classifiers, stable: float,
+                console: bool = False) -> Node:
+    raw = node_config_raw(tmp_path / "var", model_dir, receiver.port, console={"enabled": console, "port": 0})
     for route in raw["routes"]:
         route["series_stable_seconds"], route["early_scoring_seconds"] = stable, 0.2
-    return Node(parse_config(raw, "test-config"), classifiers).start(port=0)
+    node = Node(parse_config(raw, "test-config"), classifiers).start(port=0, console_port=0 if console else None)
+    if console:
+        add_user(node.db, ADMIN, PASSWORD, "admin")  # with no admin, /login leads to /setup
+    return node
 
 
 def _scores_in(sr: pydicom.Dataset) -> dict[str, float]:
@@ -54,16 +61,21 @@ def test_what_is_scored_while_waiting_joins_what_arrives_after(tmp_path: Path, m
                                                               receiver: Receiver, classifiers) -> None:
     paths = ct_series(tmp_path / "ct", slices=14, size=64)
     whole, _ = score_files(classifiers["lung"], paths)
-    node = _early_node(tmp_path, model_dir, receiver, classifiers, stable=4.0)
+    node = _early_node(tmp_path, model_dir, receiver, classifiers, stable=4.0, console=True)
     try:
         assert set(send(paths[:9], node.port)) == {0}
         series_id = _series_id(node, paths)
         wait_for(lambda: node.evaluator.early.scored_count(series_id) == 9, timeout=30, interval=0.02)
+        queue = sign_in(node, ADMIN).get("/queue").text
+        metrics = client(node).get("/metrics").text
         assert not receiver.reports()  # scored, not yet reported: the series is not stable
+        assert re.search(rf'href="/series/{series_id}">.*?<td>9</td><td class="scored">9</td>', queue)
+        assert 'dfnode_images_scored_early_total{model="lung"} 9.0' in metrics
         assert set(send(paths[9:], node.port)) == {0}
         sr = wait_for(receiver.reports, timeout=60)[0]  # type: ignore[index]
         detail = _evaluating_detail(node)
     finally:
+        close_clients()
         node.stop()
     assert detail.startswith("version 14: 14 file(s), model lung, ")
     assert int(detail.split(", ")[-1].split()[0]) >= 9  # the first nine at least, scored while it waited

@@ -57,6 +57,7 @@ class ConsoleContext:
     setup: SetupToken
     wake_deliverer: Callable[[], None]  # called after a retry so the deliverer does not wait for its next poll
     evaluating: Callable[[], int | None]  # the series id being evaluated now
+    scored_while_waiting: Callable[[int], int]  # how many images of a waiting series are scored so far
 
 
 def mask_patient_id(value: str) -> str:
@@ -221,8 +222,9 @@ def build_app(ctx: ConsoleContext) -> Starlette:
         failed = await run_in_threadpool(overview.series_in_state, ctx.db, "error")
         sends = await run_in_threadpool(overview.deliveries, ctx.db)
         peer_rows = await run_in_threadpool(overview.peers, ctx.db, ctx.config)
-        return page(request, "queue.html", running=running, waiting=waiting, failed=failed, deliveries=sends,
-                    peers=peer_rows, notice=request.query_params.get("notice", ""))
+        scored = {r.id: ctx.scored_while_waiting(r.id) for r in waiting}
+        return page(request, "queue.html", running=running, waiting=waiting, scored=scored, failed=failed,
+                    deliveries=sends, peers=peer_rows, notice=request.query_params.get("notice", ""))
 
     async def retry(request: Request, user: Account) -> Response:
         await checked_form(request)
