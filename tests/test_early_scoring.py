@@ -1,5 +1,5 @@
-"""A series scored while it waits to be stable: what is scored early joins what arrives after, and a
-copy sent again is scored again."""
+"""A series scored while it waits to be stable: what is scored early joins what arrives after, the
+console's queue and the metrics show how much is scored, and a copy sent again is scored again."""
 
 from __future__ import annotations
 
