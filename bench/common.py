@@ -46,11 +46,12 @@ def shipped_stable_seconds() -> dict[str, float]:
 
 
 def with_shipped_stable_times(raw: dict) -> dict:
-    """A config document's routes with the shipped stable times (the tests' are short), so that what
-    the node does while a series waits (scoring it early) is as shipped."""
-    stable = shipped_stable_seconds()
+    """A config document's routes with the shipped stable and early-scoring times (the tests' stable
+    times are short), so that what the node does while a series waits is as shipped."""
+    shipped = {r.model: r for r in load_config(REPO / "config.yaml").routes}
     for route in raw["routes"]:
-        route["series_stable_seconds"] = stable[route["model"]]
+        route["series_stable_seconds"] = shipped[route["model"]].series_stable_seconds
+        route["early_scoring_seconds"] = shipped[route["model"]].early_scoring_seconds
     return raw
 
 

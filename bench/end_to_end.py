@@ -176,7 +176,7 @@ def stride_routes(raw: dict, strides: list[str]) -> None:
     pacs = raw["peers"][0]
     raw["peers"] += [{**pacs, "name": f"stride{n}", "ae_title": calling_ae(n)} for n in strides]
     raw["routes"] = [{**lung, "name": f"lung-stride-{n}", "slice_stride": int(n.removesuffix(AT_STABLE)),
-                      "early_scoring_seconds": None if n.endswith(AT_STABLE) else 1.0,
+                      "early_scoring_seconds": None if n.endswith(AT_STABLE) else lung["early_scoring_seconds"],
                       "match": {**lung["match"], "calling_ae_titles": [calling_ae(n)]}}
                      for n in strides] + raw["routes"]
 
@@ -217,7 +217,7 @@ def run(folder: Path, studies: int, slices: int, strides: list[str], rounds: int
         scored = ct_runs[n][0].scored
         stride = n.removesuffix(AT_STABLE)
         when = "while it waits" if stride == "1" and not n.endswith(AT_STABLE) else "at the stable time"
-        rows.append([f"CT, {slices} slices of 512 x 512, stride {stride} ({scored} scored {when})",
+        rows.append([f"CT, {slices} slices of 512 x 512, stride {stride} ({scored} scored; scoring {when})",
                      f"{stable['lung']:g} s",
                      f"{median([c.beyond for c in ct_runs[n]]):.1f} s", "",
                      f"<= 1.2 x {expected:.1f} s ({slices / expected:.1f} slices/s measured)",
