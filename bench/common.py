@@ -20,7 +20,7 @@ import pydicom
 import torch
 from pydicom.uid import generate_uid
 
-from node.config import load_config
+from node.config import Route, load_config
 from node.tables import format_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,15 +40,20 @@ def machine() -> str:
             f"{torch.get_num_threads()} threads")
 
 
+def shipped_routes() -> dict[str, Route]:
+    """Each model's route in the shipped config.yaml."""
+    return {r.model: r for r in load_config(REPO / "config.yaml").routes}
+
+
 def shipped_stable_seconds() -> dict[str, float]:
     """Each model's `series_stable_seconds` in the shipped config.yaml."""
-    return {r.model: r.series_stable_seconds for r in load_config(REPO / "config.yaml").routes}
+    return {model: route.series_stable_seconds for model, route in shipped_routes().items()}
 
 
 def with_shipped_stable_times(raw: dict) -> dict:
     """A config document's routes with the shipped stable and early-scoring times (the tests' stable
     times are short), so that what the node does while a series waits is as shipped."""
-    shipped = {r.model: r for r in load_config(REPO / "config.yaml").routes}
+    shipped = shipped_routes()
     for route in raw["routes"]:
         route["series_stable_seconds"] = shipped[route["model"]].series_stable_seconds
         route["early_scoring_seconds"] = shipped[route["model"]].early_scoring_seconds
