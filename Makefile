@@ -21,6 +21,7 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.inference
+	$(BIN)/python -m bench.inference --design forensic --images 8
 	$(BIN)/python -m bench.receive
 	$(BIN)/python -m bench.end_to_end
 	$(BIN)/python -m bench.memory

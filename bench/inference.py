@@ -4,6 +4,7 @@ measured on its own. With `--device cuda` the same comparison on a GPU: the base
 at batch 8, the path runs the PyTorch backend with AMP (float16) at `--batch`.
 
     .venv/bin/python -m bench.inference [--images 64] [--repeats 3] [--compile]
+    .venv/bin/python -m bench.inference --design forensic --images 8   # native scale, seconds per image
     python -m bench.inference --device cuda --batch 64 --images 512
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import timm
@@ -24,6 +26,8 @@ import torch
 
 from bench.common import REPO, median, print_table
 from inference.allocator import reuse_large_buffers
+from inference.forensic import forensic_input
+from inference.forensic_classifier import ForensicClassifier
 from inference.letterbox import compiled_box_means_built
 from inference.model import Classifier, load_classifier, torch_threads_for
 from inference.pixels import read_image
@@ -32,7 +36,7 @@ from inference.preprocess import prepare_dataset
 from inference.scoring import score_files
 from node.config import InferenceSettings
 from tests.helpers import copy_with_new_uids, ct_series, real_file
-from tests.models import write_test_model
+from tests.models import random_forensic_network, write_forensic_test_model, write_test_model
 
 BATCH = 8
 THREADS = 2  # preparing threads measured on a CPU
@@ -244,6 +248,45 @@ def measure_gpu(model: str, card: Path, folder: Path, count: int, repeats: int, 
     return summary(model, rows)
 
 
+def measure_forensic(model: str, folder: Path, count: int, repeats: int) -> list[list[str]]:
+    """The forensic design (random weights, the shipped tiling) on what the node receives: the raw network
+    (eager float32, one pass over the whole native image) against onnxruntime in tiles and dfnode's path
+    (read, decode, window, tiles on onnxruntime, top cells)."""
+    kind = "ct" if model == "lung" else "xray"
+    card = write_forensic_test_model(folder / f"{model}-forensic", model, kind)
+    fast = cast(ForensicClassifier, load_classifier(card, backend="onnxruntime", cache_dir=folder / "cache",
+                                                    batch_size=BATCH))
+    files = series_for(model, folder / f"{model}-files", count)
+    prep = fast.card.preprocessing_spec()
+    images = [frame.pixels for path in files for frame in prepare_dataset(read_image(path), prep)]
+    inputs = [torch.from_numpy(forensic_input(image))[None] for image in images]
+    raw = random_forensic_network()
+
+    def raw_forward() -> None:
+        with torch.no_grad():
+            for x in inputs:
+                raw.cells(x)
+
+    def ort_tiles() -> None:
+        for x in inputs:
+            fast.cell_map(x)
+
+    def node_path() -> None:
+        with torch_threads(torch_threads_for([fast])):
+            score_files(fast, files)
+
+    side = "x".join(map(str, images[0].shape))
+    baseline, path = f"raw network, eager float32, whole {side} image", "dfnode path, onnxruntime in tiles (default)"
+    paired = alternating(len(images), {baseline: raw_forward, "model: onnxruntime in tiles": ort_tiles,
+                                       path: node_path}, repeats)
+    rows = [[f"{model} forensic", name, f"{value:.2f}", f"{1 / value:.2f}", f"{value / paired[baseline]:.2f}x"]
+            for name, value in paired.items()]
+    target = {"knee": 5.0, "lung": 0.3}[model]
+    rows.append([f"{model} forensic", f"dfnode path: seconds per image (target <= {target} s); vs raw (>= 1.5x)", "",
+                 f"{1 / paired[path]:.2f}", f"{paired[path] / paired[baseline]:.2f}x"])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64)
@@ -253,11 +296,22 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, help="the same networks at this input size (random weights)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU comparison")
     parser.add_argument("--batch", type=int, default=BATCH, help="the path's batch size on a GPU")
+    parser.add_argument("--design", choices=["letterbox", "forensic"], default="letterbox",
+                        help="forensic: the native-scale design with random weights, per image (the shipped cards "
+                             "are letterbox)")
     parser.add_argument("--preparing-threads", type=int, default=0,
                         help="the GPU path's preparing threads (0: the node's default, all cores but one)")
     args = parser.parse_args()
     reuse_large_buffers()  # as `dfnode` does
     folder = Path(tempfile.mkdtemp(prefix="dfnode-bench-inference-"))
+    if args.design == "forensic":
+        try:
+            rows = [row for model in args.models for row in measure_forensic(model, folder, args.images, args.repeats)]
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        print_table(f"Inference, forensic design, CPU, {args.images} files per run, median of {args.repeats}",
+                    ["model", "what runs", "images/s", "s/image", "vs raw"], rows)
+        return
     try:
         rows = [row for model in args.models for row in measure(model, folder, args.images, args.repeats,
                                                                  args.compile, args.input_size, args.device,

@@ -45,16 +45,23 @@ def activation_maps(network: torch.nn.Module, batch: torch.Tensor) -> torch.Tens
     return activation_cells(network, network.forward_features(batch))  # type: ignore[operator]
 
 
-def hottest_box(cell_logits: np.ndarray, input_size: int, source_shape: tuple[int, int]) -> Box | None:
-    """The box around the connected hot region holding the map's maximum, in source pixels.
-
-    Hot means above the midpoint between the map's median and its maximum. None for a flat map."""
+def hot_cells(cell_logits: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(row0, col0, row1, col1) in cells of the connected hot region holding the map's maximum; hot
+    means above the midpoint between the map's median and its maximum. None for a flat map."""
     high, middle = float(cell_logits.max()), float(np.median(cell_logits))
     if high - float(cell_logits.min()) < FLAT_MAP:
         return None
     regions, _ = label(cell_logits >= (high + middle) / 2)
     peak = np.unravel_index(int(np.argmax(cell_logits)), cell_logits.shape)
     rows, cols = np.nonzero(regions == regions[peak])
+    return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
+
+
+def hottest_box(cell_logits: np.ndarray, input_size: int, source_shape: tuple[int, int]) -> Box | None:
+    """The box around the hot region (`hot_cells`) of a letterboxed input's map, in source pixels."""
+    region = hot_cells(cell_logits)
+    if region is None:
+        return None
     cell = input_size / cell_logits.shape[0], input_size / cell_logits.shape[1]
     scale, top, left = letterbox_geometry(source_shape, input_size)
 
@@ -62,6 +69,7 @@ def hottest_box(cell_logits: np.ndarray, input_size: int, source_shape: tuple[in
         return int(np.clip(round((value - offset) / scale), 0, limit))
 
     h, w = source_shape
-    box = Box(to_source(rows.min() * cell[0], top, h), to_source(cols.min() * cell[1], left, w),
-              to_source((rows.max() + 1) * cell[0], top, h), to_source((cols.max() + 1) * cell[1], left, w))
+    r0, c0, r1, c1 = region
+    box = Box(to_source(r0 * cell[0], top, h), to_source(c0 * cell[1], left, w),
+              to_source(r1 * cell[0], top, h), to_source(c1 * cell[1], left, w))
     return box if box.row1 - box.row0 >= 2 and box.col1 - box.col0 >= 2 else None

@@ -184,20 +184,34 @@ def load_classifier(card_path: Path, device: str = "cpu", batch_size: int = 8, b
     the weights' hashes and open the export without building the PyTorch network at all."""
     chosen = resolve_backend(backend, device)
     card = read_card(card_path)
+    kind: type[Classifier] = Classifier
+    if card.design == "forensic":
+        from inference.forensic_classifier import ForensicClassifier
+
+        kind = ForensicClassifier
     if chosen == "onnxruntime":
         from inference.onnx_runtime import onnx_runner
 
         verify_weights(card.weights, card_path.parent)
         runner = onnx_runner(card, cache_dir or card_path.parent / ".onnx-cache", threads,
                              lambda: _network(card_path, card, torch.device("cpu")))
-        return Classifier(card, None, torch.device(device), batch_size, runner)
-    return Classifier(card, _network(card_path, card, torch.device(device)), torch.device(device), batch_size)
+        return kind(card, None, torch.device(device), batch_size, runner)
+    return kind(card, _network(card_path, card, torch.device(device)), torch.device(device), batch_size)
+
+
+def build_for_card(card: ModelCard) -> torch.nn.Module:
+    """The untrained network a card's weights belong to."""
+    if card.forensic is not None:
+        from inference.forensic import ForensicNet
+
+        return ForensicNet(top_k=card.forensic.top_k)
+    return build_network(in_chans=card.in_chans, cell_pooling=card.cell_pooling)
 
 
 def _network(card_path: Path, card: ModelCard, device: torch.device) -> torch.nn.Module:
     """The PyTorch network with the card's verified weights, in eval mode and channels_last."""
     state = load_verified_weights(card.weights, card_path.parent)
-    network = build_network(in_chans=card.in_chans, cell_pooling=card.cell_pooling)
+    network = build_for_card(card)
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:

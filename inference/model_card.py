@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from inference.pooling import MEAN, POOLING_PATTERN
 from inference.preprocess import Preprocessing
@@ -31,6 +31,22 @@ class CardPreprocessing(BaseModel):
     residual_channel: bool = False  # a second input channel: the noise residual (inference.model)
 
 
+class CardForensic(BaseModel):
+    """The forensic design (`inference.forensic`): how it reads an image at its own pixel scale."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    front: str = ("full resolution: 4 fixed SRM high-pass kernels and 4 constrained (Bayar) 5x5 kernels on the "
+                  "image over its noise level, truncated at 3, with the content channel; two 3x3 stride-1 layers, "
+                  "one 3x3 stride-2 layer to 32 channels for the B4")
+    scale: str = "native: the image's own pixel scale, never resized"
+    cell_stride: int = Field(64, description="source pixels per cell of the map")
+    top_k: int = Field(2, ge=1, description="the image's logit: the mean of the k hottest cells")
+    tile_size: int = Field(512, ge=64, description="a large image is scored in tiles of this side...")
+    tile_halo: int = Field(128, ge=0, description="...each with this much context around it")
+    training_crop: int = Field(192, description="the side of the twin crops it learned on")
+
+
 class CardWeights(BaseModel):
     """The weights: one safetensors file or an index of shards, and their checksums."""
 
@@ -49,6 +65,10 @@ class ModelCard(BaseModel):
 
     name: str
     architecture: Literal["efficientnet_b4"] = "efficientnet_b4"
+    design: Literal["letterbox", "forensic"] = Field(
+        "letterbox", description="letterbox: the whole image resized to input_size (cards before the forensic "
+                                 "design); forensic: a full-resolution front before the B4, at native scale")
+    forensic: CardForensic | None = None
     input_size: int = Field(ge=32, le=1024)
     in_chans: int = 1
     cell_pooling: str = Field(MEAN, pattern=POOLING_PATTERN,
@@ -60,6 +80,12 @@ class ModelCard(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _forensic_needs_its_section(self) -> ModelCard:
+        if (self.design == "forensic") != (self.forensic is not None):
+            raise ValueError("a forensic design needs its 'forensic' section, and only it has one")
+        return self
+
     @property
     def version(self) -> str:
         """The weights' SHA-256 prefix: the version the SR reports."""
@@ -68,7 +94,7 @@ class ModelCard(BaseModel):
     def preprocessing_spec(self) -> Preprocessing:
         p = self.preprocessing
         return Preprocessing(p.kind, self.input_size, p.window_center, p.window_width,
-                             p.percentile_low, p.percentile_high)
+                             p.percentile_low, p.percentile_high, native=self.design == "forensic")
 
 
 def read_card(path: Path) -> ModelCard:

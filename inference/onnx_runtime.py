@@ -39,6 +39,8 @@ EXPORT_FORMAT = 2  # 2: the logit and the activation map; bump when the exported
 
 def export_path(cache_dir: Path, card: ModelCard) -> Path:
     pooling = "" if card.cell_pooling == MEAN else f"-{card.cell_pooling}"  # mean: the name it always had
+    if card.design == "forensic":
+        pooling = "-forensic"
     return cache_dir / f"{card.name}-{card.weights.sha256[:16]}-{card.input_size}px{pooling}-v{EXPORT_FORMAT}.onnx"
 
 
@@ -54,18 +56,33 @@ class _LogitAndCells(torch.nn.Module):
         return self.network.forward_head(features), activation_cells(self.network, features)  # type: ignore[operator]
 
 
+class _Cells(torch.nn.Module):
+    """The forensic design's cell map alone: the image's logit is pooled from it, tile by tile."""
+
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.network.cells(image)  # type: ignore[operator]
+
+
 def export(network: torch.nn.Module, card: ModelCard, path: Path) -> Path:
-    """Write the network as ONNX (float32, batch axis dynamic) to `path`, atomically."""
+    """Write the network as ONNX (float32, batch axis dynamic; the forensic design's height and width
+    too) to `path`, atomically."""
     sample = torch.zeros(2, card.in_chans, card.input_size, card.input_size)
-    wrapped = _LogitAndCells(network.float().eval()).eval()
+    forensic = card.design == "forensic"
+    wrapped = (_Cells if forensic else _LogitAndCells)(network.float().eval()).eval()
+    outputs = ["cells"] if forensic else ["logit", "cells"]
+    axes = {"image": {0: "batch", 2: "height", 3: "width"}, "cells": {0: "batch", 1: "rows", 2: "columns"}} \
+        if forensic else {"image": {0: "batch"}, "logit": {0: "batch"}, "cells": {0: "batch"}}
     # without gradients: tracing with them kept every activation for a backward pass (peak +750 MB
     # against +190 MB for a 256-px B4)
     with warnings.catch_warnings(), torch.no_grad():  # the exporter's notices are not the user's business
         warnings.simplefilter("ignore")
         tmp = path.with_name(f".{path.name}.{os.getpid()}.exporting")
-        torch.onnx.export(wrapped, (sample,), str(tmp), input_names=["image"], output_names=["logit", "cells"],
-                          dynamic_axes={"image": {0: "batch"}, "logit": {0: "batch"}, "cells": {0: "batch"}},
-                          dynamo=False)
+        torch.onnx.export(wrapped, (sample,), str(tmp), input_names=["image"], output_names=outputs,
+                          dynamic_axes=axes, dynamo=False)
     os.replace(tmp, path)  # a reader sees the whole file or none
     return path
 

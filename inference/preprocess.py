@@ -46,6 +46,7 @@ class Preprocessing:
     window_width: float = 1500.0
     percentile_low: float = 0.5
     percentile_high: float = 99.5
+    native: bool = False  # the forensic design: windowed at the image's own size, never resized
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class PreparedFrame:
     """One frame ready for the model; `frame_number` is 1-based, None for single-frame images."""
 
     frame_number: int | None
-    pixels: np.ndarray  # float32, (input_size, input_size), in [0, 1]
+    pixels: np.ndarray  # float32 in [0, 1]: (input_size, input_size), or the frame's own size when native
     source_shape: tuple[int, int] = (0, 0)  # (rows, columns) of the frame before the letterbox
 
 
@@ -193,6 +194,8 @@ def to_unit_range(values: np.ndarray, prep: Preprocessing, monochrome1: bool = F
 
 def prepare_values(values: np.ndarray, prep: Preprocessing, monochrome1: bool = False) -> np.ndarray:
     """Modality-unit image to model input."""
+    if prep.native:
+        return to_unit_range(values, prep, monochrome1)
     return fit_to_square(to_unit_range(values, prep, monochrome1), prep.input_size)
 
 
@@ -205,7 +208,9 @@ def prepare_dataset(ds: Dataset, prep: Preprocessing) -> list[PreparedFrame]:
     prepared = []
     for index, frame in enumerate(stored):
         rescale = linear_rescale(ds, index)
-        if rescale is not None and _windowable_in_stored_units(frame, rescale):
+        if prep.native:
+            pixels = to_unit_range(_modality_values(frame, ds, rescale), prep, monochrome1)
+        elif rescale is not None and _windowable_in_stored_units(frame, rescale):
             pixels = _prepare_stored(frame, rescale, prep, monochrome1)
         else:
             pixels = prepare_values(_modality_values(frame, ds, rescale), prep, monochrome1)

@@ -123,6 +123,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from inference.training.synth import CPU_GAN_SIZE, GPU_GAN_SIZE, KIND_FOR_MODEL, SynthSpec, synthesise
 
     kind = KIND_FOR_MODEL.get(args.kind, args.kind)
+    if args.native:
+        from inference.training.forensic_card import test_set
+
+        manifest = test_set(kind, args.seed, args.count, args.out, pristine=args.pristine, gan=args.gan)
+        print(f"wrote the native test set {manifest}")
+        return 0
     from inference.model import torch_device
 
     device = torch_device(args.device)
@@ -150,10 +156,37 @@ def _train_spec(args: argparse.Namespace):
         data_description=args.data_description or "")
 
 
+def _forensic_spec(args: argparse.Namespace):
+    from inference.training.forensic_train import ForensicSpec
+    from inference.training.synth import KIND_FOR_MODEL
+
+    return ForensicSpec(
+        model_name=args.model, kind=args.kind or KIND_FOR_MODEL.get(args.model, "xray"),
+        run_dir=args.run_dir or Path("runs") / args.model, weights_dir=args.weights_dir,
+        resume_dir=args.resume_dir, pristine=args.pristine, minutes=args.minutes,
+        front_minutes=args.front_minutes, crop=args.crop, batch_pairs=args.batch_pairs, lr=args.forensic_lr,
+        train_sources=args.train_sources, val_sources=args.val_sources, checkpoint_minutes=args.checkpoint_minutes,
+        validate_minutes=args.validate_minutes, val_pairs=args.val_pairs, level_share=args.level_share,
+        gan_steps=args.gan_steps, gan_sources=args.gan_sources,
+        exclude_families=tuple(args.exclude or ()), seed=args.seed,
+        threads=args.threads)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from inference.training.evaluate import format_report
     from inference.training.train import train
 
+    if (args.design or ("letterbox" if args.data else "forensic")) == "forensic":
+        from inference.training.forensic_card import probe, train_model
+
+        if args.probe:
+            probe(_forensic_spec(args))
+            return 0
+        report = train_model(_forensic_spec(args), args.test_count, "dfnode " + shlex.join(args.argv))
+        print(format_report(report))
+        return 0
+    if args.data is None:
+        raise ValueError("--data is needed for --design letterbox: a synth manifest, a CSV or a folder")
     report = train(_train_spec(args))
     print(format_report(report))
     return 0
@@ -164,6 +197,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.leave_out:
         report = leave_one_family_out(_train_spec(args), args.leave_out, args.out)
+    elif args.data is None:
+        raise ValueError("--data is needed: the images to measure the model on (a manifest, a CSV or a folder)")
     else:
         report = evaluate_model(args.weights, args.data, args.split, args.out, workers=args.workers,
                                 device=args.device)
@@ -182,8 +217,9 @@ def _cell_pooling(value: str) -> str:
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", type=Path, required=True,
-                   help="a synth manifest, a CSV of path,label,group, or a folder with real/ and fake/")
+    p.add_argument("--data", type=Path,
+                   help="a synth manifest, a CSV of path,label,group, or a folder with real/ and fake/ (the "
+                        "letterbox design; the forensic design makes its twin crops while it trains)")
     p.add_argument("--model", default="knee", help="model name: the card is weights/<model>.json")
     p.add_argument("--kind", choices=["xray", "ct"], help="preprocessing kind (default: from the model name)")
     p.add_argument("--weights-dir", type=Path, default=Path("weights"))
@@ -214,6 +250,39 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", type=Path, metavar="CARD",
                    help="start from the weights of this model card (e.g. weights/knee.json) instead of random ones")
     p.add_argument("--data-description", help="what the data is, for the model card")
+
+
+def _forensic_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("the forensic design (inference.forensic; the default without --data)")
+    g.add_argument("--design", choices=["forensic", "letterbox"],
+                   help="forensic: a full-resolution front and the B4 on twin crops at native scale; letterbox: "
+                        "the whole image resized to --input-size (default: forensic, letterbox with --data)")
+    g.add_argument("--pristine", type=Path, metavar="FOLDER",
+                   help="your own pristine images (DICOM or 16-bit PNG, at the size your modality makes them): "
+                        "sources beside the phantoms, a third of them kept for the test set")
+    g.add_argument("--minutes", type=float, default=360.0, help="the run's budget over every resume")
+    g.add_argument("--front-minutes", type=float, default=6.0, help="the front first, with a small probe network")
+    g.add_argument("--crop", type=int, default=192, help="twin crops' side, in native pixels")
+    g.add_argument("--batch-pairs", type=int, default=8, help="twin pairs per batch")
+    g.add_argument("--forensic-lr", type=float, default=1e-3, help="peak learning rate")
+    g.add_argument("--train-sources", type=int, default=48, help="native phantoms to crop from")
+    g.add_argument("--probe", action="store_true",
+                   help="the learning gate: train and validate only (no test set, no card); the curve is in the "
+                        "run folder's resume.json")
+    g.add_argument("--val-pairs", type=int, default=96, help="validation twin pairs per curriculum level")
+    g.add_argument("--level-share", type=float, default=0.3,
+                   help="most of the budget one curriculum level may take before the next")
+    g.add_argument("--val-sources", type=int, default=8, help="validation phantoms (crops, and the threshold)")
+    g.add_argument("--test-count", type=int, default=48, help="test-stream phantoms in the native test set")
+    g.add_argument("--checkpoint-minutes", type=float, default=15.0)
+    g.add_argument("--gan-steps", type=int, default=1500,
+                   help="training steps of the 64-px synthesis GAN of the gan family (once per run; 0: no gan family)")
+    g.add_argument("--gan-sources", type=int, default=512, help="pristine images the synthesis GAN learns from")
+    g.add_argument("--resume-dir", type=Path, help="where the committable state goes (float16 weights and "
+                                                   "resume.json; default: the run folder), and a new machine "
+                                                   "resumes from")
+    g.add_argument("--validate-minutes", type=float, default=5.0)
+    g.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,11 +353,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cpu", help="where the synthesis GAN trains: cpu, cuda or auto "
                                                    "(results are deterministic per device)")
+    p.add_argument("--pristine", type=Path, metavar="FOLDER", help="with --native: your own pristine images too")
+    p.add_argument("--gan", type=Path, metavar="FILE",
+                   help="with --native: a forensic run's synthesis GAN (gan.safetensors), for the gan family")
+    p.add_argument("--native", action="store_true",
+                   help="the forensic design's test set: --count test-stream phantoms at native size and the real "
+                        "test images, each with one manipulated copy (families in turn)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_cmd_synth)
 
-    p = sub.add_parser("train", help="train an EfficientNet-B4 on labelled data")
+    p = sub.add_parser("train", help="train an EfficientNet-B4: the forensic design (native scale, from "
+                                     "phantoms and packaged real images), or the letterbox design on labelled data")
     _train_arguments(p)
+    _forensic_arguments(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="measure a model on a dataset, or on a held-out manipulation family")

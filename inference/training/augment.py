@@ -48,11 +48,20 @@ BENIGN = {
     "blur": lambda rng, img: gaussian_filter(img, rng.uniform(0.3, 1.0)),
     "resample": lambda rng, img: resample(img, rng.uniform(0.5, 0.9)),
 }
+# what differs between sites without anyone tampering: display LUTs (gamma), reconstruction kernels
+# (sharpening), calibration (an offset, in HU for CT); with BENIGN, the native design's degradations
+SITE_VARIATION = {
+    "gamma": lambda rng, img: np.clip(img, 0, 1) ** rng.uniform(0.7, 1.4),
+    "sharpen": lambda rng, img: img + rng.uniform(0.3, 1.0) * (img - gaussian_filter(img, rng.uniform(0.7, 1.5))),
+    "offset": lambda rng, img: img + rng.uniform(-0.04, 0.04),
+}
+NATIVE_BENIGN = (*BENIGN, *SITE_VARIATION)  # the native design trains and is measured with all of them
 
 
 def benign_degrade(rng: np.random.Generator, image: np.ndarray, name: str) -> np.ndarray:
     """One named benign degradation (used by training and by the FPR check in evaluation)."""
-    return np.clip(BENIGN[name](rng, image), 0, 1).astype(np.float32)
+    degrade = BENIGN.get(name) or SITE_VARIATION[name]
+    return np.clip(degrade(rng, image), 0, 1).astype(np.float32)
 
 
 DEGRADATION_ODDS = (("blur", 0.15), ("resample", 0.15), ("noise", 0.25), ("jpeg", 0.25), ("jpeg2000", 0.1))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.model import load_classifier, torch_device
-from inference.training.datasets import load_samples
+from inference.model import Classifier, load_classifier, torch_device
+from inference.training.datasets import Sample, load_samples
 from inference.training.evaluation import benign_scores, evaluate_scores, score_samples, scorer_for
 from inference.training.plots import plot_confusion, plot_roc
 from inference.training.splits import split_for_card
@@ -22,6 +22,8 @@ def evaluate_model(card_path: Path, data: Path, split: str, out_dir: Path, seed:
     classifier = load_classifier(card_path, device=str(torch_device(device)))
     card = classifier.card
     samples = load_samples(data)
+    if card.design == "forensic":
+        return _evaluate_forensic(classifier, samples, out_dir, data, progress)
     if split != "all":
         samples = split_for_card(samples, card.training, seed)[split]
     scorer = scorer_for(classifier, workers=workers)
@@ -31,6 +33,21 @@ def evaluate_model(card_path: Path, data: Path, split: str, out_dir: Path, seed:
     report = evaluate_scores(samples, scores, card.threshold, benign)
     report.update({"model": card.name, "version": card.version, "data": str(data), "split": split})
     _write_outputs(report, np.array([s.label for s in samples]), scores, out_dir, f"{card.name}-{split}")
+    return report
+
+
+def _evaluate_forensic(classifier: Classifier, samples: list[Sample], out_dir: Path, data: Path,
+                       progress: bool) -> dict:
+    """A forensic-design model on native images, all of them, as its card measures its test set."""
+    from inference.forensic_classifier import ForensicClassifier
+    from inference.training.native_sets import measure
+
+    assert isinstance(classifier, ForensicClassifier)
+    card = classifier.card
+    seed = int(card.training.get("spec", {}).get("seed", 0)) + 2
+    report, scores = measure(classifier, samples, card.threshold, seed, progress)
+    report.update({"model": card.name, "version": card.version, "data": str(data), "split": "all"})
+    _write_outputs(report, np.array([s.label for s in samples]), scores, out_dir, f"{card.name}-native")
     return report
 
 

@@ -42,7 +42,7 @@ def _widths(size: int) -> list[int]:
     return [min(_WIDEST, _NARROWEST << (steps - 1 - i)) for i in range(steps)]
 
 
-def _generator(size: int) -> torch.nn.Module:
+def generator_for(size: int) -> torch.nn.Module:
     """z (LATENT x 1 x 1) -> a size x size image in [-1, 1]: transposed convolutions, batch norm, ReLU."""
     widths = _widths(size)
     layers: list[torch.nn.Module] = [torch.nn.ConvTranspose2d(LATENT, widths[0], 4, 1, 0, bias=False),
@@ -86,7 +86,7 @@ def train_gan(images: np.ndarray, steps: int, seed: int, batch_size: int = 32,
     device = device or torch.device("cpu")
     size = images.shape[-1]
     torch.manual_seed(seed)
-    generator, discriminator = _generator(size).to(device), _discriminator(size).to(device)
+    generator, discriminator = generator_for(size).to(device), _discriminator(size).to(device)
     generator.apply(_init)
     discriminator.apply(_init)
     opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))

@@ -247,6 +247,11 @@ def synthesise(spec: SynthSpec, out_dir: Path, workers: int = 1, progress: bool 
     finally:
         if pool is not None:
             pool.shutdown()
+    return write_manifest(rows, out_dir)
+
+
+def write_manifest(rows: list[SynthRow], out_dir: Path) -> Path:
+    """`out_dir/manifest.csv` with the rows (the layout `inference.training.datasets` reads)."""
     manifest = out_dir / "manifest.csv"
     with manifest.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)

@@ -329,5 +329,7 @@ def _check_upload(models: Models, filename: str, data: bytes, model: str | None)
     top = check.most_suspicious
     if top is None or check.classifier is None:
         return check, None
-    png = heatmap_png(top.pixels, check.classifier.activation_cells(top.pixels))
+    forensic = check.classifier.card.forensic
+    png = heatmap_png(top.pixels, check.classifier.activation_cells(top.pixels),
+                      forensic.cell_stride if forensic is not None else None)
     return check, "data:image/png;base64," + base64.b64encode(png).decode()
