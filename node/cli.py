@@ -183,7 +183,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             probe(_forensic_spec(args))
             return 0
         report = train_model(_forensic_spec(args), args.test_count, "dfnode " + shlex.join(args.argv))
-        print(format_report(report))
+        if report is not None:
+            print(format_report(report))
         return 0
     if args.data is None:
         raise ValueError("--data is needed for --design letterbox: a synth manifest, a CSV or a folder")

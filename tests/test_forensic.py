@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +163,27 @@ def test_a_short_forensic_run_writes_a_card_the_node_loads_and_evaluate_reproduc
     assert main([*common, "--probe"]) == 0
     again = json.loads((run / "resume.json").read_text())["state"]
     assert again["step"] == card["training"]["steps"] and again["history"][-1]["note"] == "end"
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_sigterm_saves_its_state_and_exits_cleanly(tmp_path: Path) -> None:
+    """What a session ending (or an admin's Ctrl-C) does to a long run: it keeps what it learned."""
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "node.cli", "train", "--model", "lung", "--run-dir", str(run),
+               "--weights-dir", str(tmp_path / "weights"), "--minutes", "30", "--front-minutes", "10",
+               "--crop", "128", "--batch-pairs", "2", "--train-sources", "2", "--val-sources", "1",
+               "--val-pairs", "2", "--validate-minutes", "0.02", "--gan-steps", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()  # the first validation record: the loop is running
+        assert first.startswith("lung: step="), first
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0
+    assert "stopped at" in rest
+    state = json.loads((run / "resume.json").read_text())["state"]
+    assert 0 < state["minutes"] < 30 and state["step"] > 0
+    assert not (tmp_path / "weights" / "lung.json").exists()  # no card for a run that has not finished

@@ -34,7 +34,8 @@ CT_SIDE = 512
 @dataclass(frozen=True)
 class Level:
     """One curriculum level: the least noise-level change (|log ratio| inside the box) a manipulation must
-    make, and the odds of each benign degradation (0: none)."""
+    make, and how much of the degradations it applies: each benign kind with odds `degrade` / 4 (at 1,
+    two of the eight kinds on average; at 0, none)."""
 
     name: str
     min_trace: float

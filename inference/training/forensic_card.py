@@ -127,9 +127,12 @@ def probe(spec: ForensicSpec) -> tuple[Run, SourceSplit]:
     return train_forensic(spec, sources.train, sources.val), sources
 
 
-def train_model(spec: ForensicSpec, test_count: int, command: str) -> dict[str, Any]:
-    """A whole run: sources, training (resuming where a run stopped), the test set, the card."""
+def train_model(spec: ForensicSpec, test_count: int, command: str) -> dict[str, Any] | None:
+    """A whole run: sources, training (resuming where a run stopped), the test set, the card; None when the
+    run was stopped before its budget was spent (it resumes from where it stopped)."""
     run, sources = probe(spec)
+    if run.stopped:
+        return None
     name = {"xray": "knee", "ct": "lung"}[spec.kind]
     test_dir = spec.run_dir / "test-set"
     own = f" --pristine {spec.pristine}" if spec.pristine else ""

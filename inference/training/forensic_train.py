@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,8 +174,14 @@ def validate(modules: list[torch.nn.Module], cells_of: Callable[[torch.Tensor], 
     for module in modules:
         module.train()
     labels = np.tile([0, 1], len(pairs))
-    return {"paired_auc": roc_auc(labels, np.concatenate(scores)), "argmax_in_box": float(np.mean(hits)),
-            "chance_in_box": float(np.mean(chance))}
+    flat = np.concatenate(scores)
+    figures = {"paired_auc": roc_auc(labels, flat), "argmax_in_box": float(np.mean(hits)),
+               "chance_in_box": float(np.mean(chance))}
+    for family in sorted({t.family for t in pairs}):  # each family's tampered crops against every pristine one
+        mine = np.array([t.family == family for t in pairs])
+        figures[f"auc_{family}"] = roc_auc(np.r_[np.zeros(len(pairs)), np.ones(mine.sum())],
+                                           np.r_[flat[0::2], flat[1::2][mine]])
+    return figures
 
 
 class Run:
@@ -188,6 +196,7 @@ class Run:
                                       "minutes": 0.0, "history": []}
         self.optimizer = self._optimizer("front")
         self.ema: ModelEmaV3 | None = None
+        self.stopped = False  # by a signal, before the budget was spent
 
     def _optimizer(self, phase: str) -> torch.optim.Optimizer:
         modules: list[torch.nn.Module] = [self.network.front, self.probe] if phase == "front" else [self.network]
@@ -289,7 +298,8 @@ def _spec_record(spec: ForensicSpec) -> dict[str, Any]:
 
 
 def train_forensic(spec: ForensicSpec, train_sources: list[Source], val_sources: list[Source]) -> Run:
-    """Train until the budget of minutes is spent (over every resume); returns the run."""
+    """Train until the budget of minutes is spent (over every resume), or until SIGTERM or SIGINT (then
+    `run.stopped`); returns the run, saved."""
     if spec.threads:
         torch.set_num_threads(spec.threads)
     run = Run(spec)
@@ -308,11 +318,27 @@ def train_forensic(spec: ForensicSpec, train_sources: list[Source], val_sources:
             val_sets[level] = Pairs(val_sources, spec, 2, gan).draw(level, spec.val_pairs, CURRICULUM[level])
         return val_sets[level]
 
+    with stop_requests() as stop:
+        _train_steps(run, train_pairs, val_pairs, stop)
+    if stop:  # stopped early: keep what was learned, to go on later
+        run.stopped = True
+        run.save()
+        print(f"{spec.model_name}: stopped at {run.state['minutes']:.1f} of {spec.minutes:.0f} minutes; saved "
+              f"{spec.state_dir / RESUME_STATE}", flush=True)
+        return run
+    _record(run, val_pairs, "end")
+    run.save()
+    return run
+
+
+def _train_steps(run: Run, train_pairs: Pairs, val_pairs: Callable[[int], list[Twins]], stop: list[int]) -> None:
+    """Steps until the budget is spent or a stop is requested, validating and saving on the way."""
+    spec = run.spec
     since = time.monotonic()
     last_validation = last_checkpoint = run.state["minutes"]
     bar = tqdm(total=round(spec.minutes), initial=round(run.state["minutes"]), unit="min", disable=not spec.progress,
                desc=f"{spec.model_name} training")
-    while run.state["minutes"] < spec.minutes:
+    while run.state["minutes"] < spec.minutes and not stop:
         level = CURRICULUM[run.state["level"]]
         batch = to_batch(train_pairs.draw(run.state["step"], spec.batch_pairs, level))
         for group in run.optimizer.param_groups:
@@ -348,9 +374,23 @@ def train_forensic(spec: ForensicSpec, train_sources: list[Source], val_sources:
             last_checkpoint = run.state["minutes"]
             run.save()
     bar.close()
-    _record(run, val_pairs, "end")
-    run.save()
-    return run
+
+
+@contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """A list that SIGTERM and SIGINT append to while the block runs (the loop then ends at the next
+    step and saves the run); the signals' handlers before it afterwards."""
+    requests: list[int] = []
+
+    def request(signum: int, frame: object) -> None:
+        requests.append(signum)
+
+    before = {signum: signal.signal(signum, request) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield requests
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def _record(run: Run, val_pairs: Callable[[int], list[Twins]], note: str) -> dict[str, float]:
