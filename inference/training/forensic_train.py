@@ -126,16 +126,15 @@ def to_batch(twins: list[Twins]) -> Batch:
                  torch.from_numpy(coverage.astype(np.float32)), torch.from_numpy(labels.astype(np.float32)))
 
 
-def losses(cells: torch.Tensor, batch: Batch, spec: ForensicSpec) -> tuple[torch.Tensor, dict[str, float]]:
-    """The image, cell and pair-margin losses of one batch's cell logits."""
+def losses(cells: torch.Tensor, batch: Batch, spec: ForensicSpec) -> torch.Tensor:
+    """The image, cell and pair-margin losses of one batch's cell logits, weighted and summed."""
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     image = pooled(cells, spec.top_k)[:, 0]
     image_loss = bce(image, batch.labels)
     cell_loss = bce(cells, batch.coverage[:, :cells.shape[1], :cells.shape[2]])
     gap = image[1::2] - image[0::2]
     margin_loss = torch.relu(2.0 - gap).mean()
-    total = image_loss + spec.cell_weight * cell_loss + spec.margin_weight * margin_loss
-    return total, {"image": image_loss.item(), "cell": cell_loss.item(), "margin": margin_loss.item()}
+    return image_loss + spec.cell_weight * cell_loss + spec.margin_weight * margin_loss
 
 
 class Pairs:
@@ -343,7 +342,7 @@ def _train_steps(run: Run, train_pairs: Pairs, val_pairs: Callable[[int], list[T
         batch = to_batch(train_pairs.draw(run.state["step"], spec.batch_pairs, level))
         for group in run.optimizer.param_groups:
             group["lr"] = run.learning_rate()
-        total, parts = losses(run.cells(batch.inputs), batch, spec)
+        total = losses(run.cells(batch.inputs), batch, spec)
         run.optimizer.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_([p for g in run.optimizer.param_groups for p in g["params"]], 5.0)
