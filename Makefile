@@ -29,7 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.training_data
 
 lint: $(STAMP)
-	$(BIN)/ruff check scp inference sr node tests bench
+	$(BIN)/ruff check core scp inference sr node tests bench
 	$(BIN)/mypy
 
 clean:

@@ -11,11 +11,11 @@ import timm
 import torch
 from timm.models.efficientnet import EfficientNet
 
+from core.errors import ModelLoadError
 from inference.localisation import Box, activation_maps, hottest_box
 from inference.model_card import ModelCard, read_card
 from inference.pooling import MEAN, pool_cells
 from inference.weights import load_verified_weights, verify_weights
-from node.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from inference.onnx_runtime import OnnxRunner

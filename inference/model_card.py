@@ -8,9 +8,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from core.errors import ModelLoadError
 from inference.pooling import MEAN, POOLING_PATTERN
 from inference.preprocess import Preprocessing
-from node.errors import ModelLoadError
 
 
 class CardPreprocessing(BaseModel):

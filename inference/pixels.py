@@ -17,7 +17,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from node.errors import NotEvaluable
+from core.errors import NotEvaluable
 
 _NATIVE_LITTLE_ENDIAN = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
 # (Bits Allocated, Pixel Representation) -> the stored values' type

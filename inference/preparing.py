@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from core.errors import NotEvaluable
 from inference.allocator import reuse_large_buffers
 from inference.pixels import keep_header_only, read_image
 from inference.preprocess import Preprocessing, prepare_dataset
-from node.errors import NotEvaluable
 
 log = logging.getLogger(__name__)
 

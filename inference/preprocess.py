@@ -25,9 +25,9 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
+from core.errors import NotEvaluable
 from inference.letterbox import clipped_box_means, fit_to_square, into_square, reduction_factor
 from inference.pixels import stored_frames
-from node.errors import NotEvaluable
 
 # Synthesised CT images are 16-bit PNGs holding HU + CT_PNG_OFFSET.
 CT_PNG_OFFSET = 1024

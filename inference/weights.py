@@ -10,8 +10,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from core.errors import ModelLoadError
 from inference.model_card import CardWeights
-from node.errors import ModelLoadError
 
 MAX_SHARD_BYTES = 15 * 1024 * 1024
 

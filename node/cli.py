@@ -8,8 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from core.errors import ConfigError, DfnodeError
 from inference.allocator import reuse_large_buffers
-from node.errors import ConfigError, DfnodeError
 
 DEFAULT_CONFIG = Path("config.yaml")
 
@@ -76,8 +76,8 @@ def _cmd_user(args: argparse.Namespace) -> int:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from node.config import load_config
+    from node.network import TlsContexts
     from node.service import check_models
-    from scp.tls import TlsContexts
 
     try:
         config = load_config(args.config)

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from node.errors import ConfigError
+from core.errors import ConfigError
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -57,6 +57,8 @@ class StorageSettings(_Strict):
     retention_hours: float = Field(24.0, ge=0, description="keep received instances this long after their "
                                                            "report was delivered to every destination")
     retention_check_seconds: float = Field(60.0, gt=0, description="how often retention looks for expired files")
+    accept_any_storage_class: bool = Field(False, description="also store instances of private and unknown "
+                                                              "SOP classes (never evaluated, kept like the rest)")
 
     @property
     def spool_dir(self) -> Path:
@@ -111,6 +113,9 @@ class Peer(_Strict):
     dicomweb_url: str | None = Field(None, description="STOW-RS root (http[s]://host:port/dicom-web): "
                                                         "results go there instead of by C-STORE")
     tls: bool = Field(False, description="send to this peer over DICOM TLS (`port` is its TLS port)")
+    username: str | None = Field(None, min_length=1, description="the user identity this peer must present "
+                                                                 "when it associates; none: any or none")
+    password: str | None = Field(None, min_length=1, description="and its passcode; none: the username is enough")
 
     @field_validator("dicomweb_url")
     @classmethod
@@ -120,6 +125,12 @@ class Peer(_Strict):
         return value.rstrip("/") if value else value
 
     _ae = field_validator("ae_title")(_check_ae_title)
+
+    @model_validator(mode="after")
+    def _password_needs_username(self) -> Peer:
+        if self.password is not None and self.username is None:
+            raise ValueError("a password is checked only with its username: set username too")
+        return self
 
 
 class ModelRef(_Strict):

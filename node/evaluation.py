@@ -19,6 +19,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import select, update
 
+from core.durable import write_atomically
 from inference.model import Classifier
 from inference.preparing import PreparingProcesses
 from inference.scoring import SeriesResult, score_files, score_paths
@@ -26,7 +27,6 @@ from node.audit import Audit, emit
 from node.config import Config, Route
 from node.db import AuditEvent, Database, Delivery, Report, Series
 from node.early_scoring import EarlyScores, scores_early, series_files
-from scp.spool import write_atomically
 from sr.key_image import build_key_image
 from sr.report import NothingToCite, ReportIdentity, build_report, report_uids
 from sr.uids import ObjectIdentity

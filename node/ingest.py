@@ -19,13 +19,13 @@ from pathlib import Path
 
 from sqlalchemy import bindparam, func, insert, select, update
 
+from core.durable import write_atomically
+from core.errors import SpoolError
 from node.audit import Audit, emit
 from node.config import Config
 from node.db import AuditEvent, Database, Instance, Series
-from node.errors import SpoolError
 from node.routing import SeriesTags, route_for
 from node.spool_budget import SpoolBudget
-from scp.spool import write_atomically
 from scp.storage_scp import ReceivedInstance
 
 log = logging.getLogger(__name__)

@@ -10,12 +10,12 @@ import numpy as np
 from PIL import UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
 
+from core.errors import ConfigError, NotEvaluable
 from inference.model import Classifier, load_classifier
 from inference.pixels import read_image
 from inference.preprocess import png_in_modality_units, prepare_dataset, prepare_values
 from inference.scoring import Verdict, verdict_for
 from node.config import Config
-from node.errors import ConfigError, NotEvaluable
 from node.routing import SeriesTags, route_for
 from node.tables import format_table
 

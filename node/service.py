@@ -14,18 +14,20 @@ from pathlib import Path
 
 import torch
 from pydicom.uid import generate_uid
+from pynetdicom.association import Association
 
+from core.errors import ConfigError, ModelLoadError
 from inference.letterbox import compiled_box_means_built
 from inference.model import Classifier, load_classifier, torch_threads_for
 from node.audit import Audit
 from node.config import Config
 from node.db import Database
 from node.delivery import Deliverer
-from node.errors import ConfigError, ModelLoadError
 from node.evaluation import Evaluator
 from node.heap import freeze_start_up_objects
 from node.ingest import Ingest
 from node.metrics import Metrics
+from node.network import TlsContexts, peer_rules, receiver_settings
 from node.predict import Models
 from node.priority import EVALUATION_NICENESS, at_lower_priority, lower_this_thread
 from node.retention import Retention
@@ -34,11 +36,10 @@ from node.spool_recovery import index_spooled_instances
 from node.users import SetupToken
 from node.web.app import ConsoleContext, build_app
 from node.web.server import ConsoleServer
-from scp.association import Association
-from scp.listener import AssociationServer
+from scp.admission import PeerPolicy
+from scp.server import NodeAssociationServer
 from scp.spool import remove_partial_files
-from scp.storage_scp import PeerPolicy, TlsListener, start_storage_scp
-from scp.tls import TlsContexts
+from scp.storage_scp import TlsListener, start_storage_scp
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class Node:
         self.evaluator = Evaluator(config, self.db, self.audit, self.classifiers,
                                    _device_uid(config.storage.data_dir), self.metrics)
         self.deliverer = Deliverer(config, self.db, self.audit, self.tls.client)
-        self.servers: list[AssociationServer] = []
+        self.servers: list[NodeAssociationServer] = []
         self.threads: list[_Loop] = []
         self.console: ConsoleServer | None = None
 
@@ -170,8 +171,7 @@ class Node:
         index_spooled_instances(self.config.storage.spool_dir, self.db, self.ingest)
         if self.config.console.enabled:  # first: a port in use stops the start before anything runs
             self.console = self._start_console(self.config.console.port if console_port is None else console_port)
-        policy = PeerPolicy.from_config(self.config.node, self.config.peers,
-                                        self.config.security.require_known_peers)
+        policy = PeerPolicy.from_rules(self.config.node.ae_title, peer_rules(self.config))
         plain_port = (self.config.node.port if port is None else port) if self.config.tls.plain_listener else None
         tls = None
         if self.tls.server is not None:
@@ -179,7 +179,8 @@ class Node:
             tls = TlsListener(self.config.tls.port if tls_port is None else tls_port, self.tls.server,
                               self.config.tls.handshake_timeout_seconds)
         try:
-            self.servers = start_storage_scp(self.config.node, policy, self.ingest, self.audit, plain_port, tls)
+            self.servers = start_storage_scp(receiver_settings(self.config), policy, self.ingest, self.audit,
+                                             plain_port, tls)
         except Exception:  # a port in use, or any other failure: the console started first must not stay behind
             if self.console is not None:
                 self.console.stop()
@@ -247,7 +248,7 @@ class Node:
         self.db.close()
 
 
-    def _drain(self, servers: list[AssociationServer]) -> None:
+    def _drain(self, servers: list[NodeAssociationServer]) -> None:
         for server in servers:
             server.shutdown()  # the listening socket closes; open associations go on in their threads
 
@@ -264,7 +265,7 @@ class Node:
             open_associations = still_open()
         for assoc in open_associations:
             log.warning("aborting association with %s after %.0fs: it did not finish",
-                        assoc.calling_ae, self.config.node.drain_seconds)
+                        assoc.requestor.ae_title, self.config.node.drain_seconds)
             assoc.abort()
 
 

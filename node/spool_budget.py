@@ -12,9 +12,9 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from core.errors import SpoolError
 from node.config import StorageSettings
 from node.db import Database, Instance
-from node.errors import SpoolError
 
 
 class SpoolBudget:

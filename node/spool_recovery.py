@@ -19,9 +19,10 @@ from typing import BinaryIO
 import pydicom
 from sqlalchemy import func, select
 
+from core.durable import PARTIAL_PREFIX
 from node.db import Database, Instance, Series
 from node.ingest import Ingest, Spooled, spool_path
-from scp.spool import PARTIAL_PREFIX, is_valid_uid
+from scp.spool import is_valid_uid
 from scp.storage_scp import ReceivedInstance
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from typing import Literal
 
 from sqlalchemy import delete, func, select
 
+from core.errors import UserError
 from node.db import Database, User
-from node.errors import UserError
 
 Role = Literal["viewer", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "admin")

@@ -4,16 +4,13 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # storage: refused, out of resources (disk full, I/O error)
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000  # storage: the dataset cannot be parsed or lacks what it must have
-SOP_CLASS_NOT_SUPPORTED = 0x0122
-UNRECOGNISED_OPERATION = 0x0211  # PS3.7 C.5: a request the SCP does not perform
 
 # Association rejection (result, source, reason) triples, PS3.8 9.3.4.
 REJECT_CALLING_AE_NOT_RECOGNISED = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE_NOT_RECOGNISED = (0x01, 0x01, 0x07)
 REJECT_NO_REASON = (0x01, 0x01, 0x01)
-REJECT_APPLICATION_CONTEXT = (0x01, 0x01, 0x02)
-REJECT_PROTOCOL_VERSION = (0x01, 0x02, 0x02)
 REJECT_LIMIT_REACHED = (0x02, 0x03, 0x02)  # transient: local limit exceeded
+REJECT_USER_IDENTITY = (0x02, 0x02, 0x01)  # transient, ACSE, no reason: what pynetdicom answers a failed identity
 
 
 def is_success(status: int) -> bool:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.errors import ConfigError
 from node.cli import main
 from node.config import InferenceSettings, load_config
-from node.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

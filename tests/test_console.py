@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.errors import ConfigError
 from node.audit import AuditQuery, query_events
 from node.config import parse_config
-from node.errors import ConfigError
 from node.service import Node
 from node.users import add_user, remove_user
 from tests.conftest import node_config_raw

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import ModelLoadError
 from inference.forensic import ConstrainedConv, ForensicFront, forensic_input, noise_level, srm_kernels
 from inference.model import load_classifier
 from inference.tiling import tiled_cells
 from inference.training.crops import CURRICULUM, cell_coverage, make_twins, phantom_sources
 from node.cli import main
-from node.errors import ModelLoadError
 from tests.models import random_forensic_network, write_forensic_test_model
 
 

@@ -11,9 +11,9 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import select
 
+from core.errors import ConfigError
 from node.config import parse_config
 from node.db import AuditEvent
-from node.errors import ConfigError
 from node.service import Node
 from tests.conftest import node_config_raw
 from tests.helpers import Receiver, ct_series, storescu

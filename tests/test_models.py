@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import ModelLoadError
 from inference.model import load_classifier, torch_threads_for
 from inference.model_card import read_card
 from inference.weights import MAX_SHARD_BYTES, weight_files
-from node.errors import ModelLoadError
 from node.service import Node, load_models
 from tests.conftest import node_config
 from tests.models import write_test_model

@@ -7,6 +7,7 @@ import pydicom
 import pytest
 import torch
 
+from core.errors import NotEvaluable
 from inference import letterbox
 from inference.letterbox import (
     clipped_box_means,
@@ -28,7 +29,6 @@ from inference.preprocess import (
     to_unit_range,
     window_bounds,
 )
-from node.errors import NotEvaluable
 from tests.helpers import copy_with_new_uids, real_file
 
 XRAY = Preprocessing("xray", 64)

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from node.config import NodeSettings, Peer
 from node.db import AuditEvent, Instance
 from node.service import Node
-from scp.storage_scp import PeerPolicy
+from scp.admission import PeerPolicy
+from scp.settings import KnownPeer, PeerRules
 from tests.helpers import copy_with_new_uids, echo, real_file, send
 
 
@@ -34,8 +34,8 @@ def test_rejected_associations_store_nothing(running_node: Node, tmp_path: Path,
 
 
 def test_known_ae_from_another_address_is_rejected() -> None:
-    policy = PeerPolicy.from_config(NodeSettings(), [Peer(name="pacs", ae_title="PACS", host="10.1.2.3")], True)
-    assert policy.rejection("PACS", "DFNODE", "10.1.2.3") is None
-    verdict = policy.rejection("PACS", "DFNODE", "127.0.0.1")
-    assert verdict is not None and "not allowed from 127.0.0.1" in verdict[1]
-    assert PeerPolicy.from_config(NodeSettings(), [], False).rejection("ANY", "DFNODE", "1.2.3.4") is None
+    policy = PeerPolicy.from_rules("DFNODE", PeerRules(True, (KnownPeer("PACS", "10.1.2.3"),)))
+    assert policy.refusal("PACS", "DFNODE", "10.1.2.3", None) is None
+    verdict = policy.refusal("PACS", "DFNODE", "127.0.0.1", None)
+    assert verdict is not None and "not allowed from 127.0.0.1" in verdict.detail
+    assert PeerPolicy.from_rules("DFNODE", PeerRules(False)).refusal("ANY", "DFNODE", "1.2.3.4", None) is None

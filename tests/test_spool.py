@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from node.errors import SpoolError
-from scp import spool
-from scp.spool import PARTIAL_PREFIX, write_atomically
+from core import durable
+from core.durable import PARTIAL_PREFIX, write_atomically
+from core.errors import SpoolError
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def synced(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         paths.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
         real_fsync(fd)
 
-    monkeypatch.setattr(spool.os, "fsync", recording_fsync)
+    monkeypatch.setattr(durable.os, "fsync", recording_fsync)
     return paths
 
 

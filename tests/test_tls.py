@@ -12,12 +12,12 @@ import pytest
 import yaml
 from sqlalchemy import select
 
+from core.errors import ConfigError
 from node.cli import main
 from node.config import Config
 from node.db import AuditEvent, Instance
-from node.errors import ConfigError
+from node.network import TlsContexts
 from node.service import Node
-from scp.tls import TlsContexts
 from tests.conftest import node_config, node_config_raw
 from tests.helpers import (
     copy_with_new_uids,

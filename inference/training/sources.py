@@ -16,8 +16,8 @@ import numpy as np
 from pydicom import dcmread
 from scipy.ndimage import zoom
 
+from core.errors import NotEvaluable
 from inference.preprocess import frames_in_modality_units
-from node.errors import NotEvaluable
 
 log = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from core.errors import UserError
 from node import overview
 from node.audit import Audit
 from node.config import Config
 from node.db import Database
-from node.errors import UserError
 from node.metrics import Metrics
 from node.predict import PICTURE_SUFFIXES, FileCheck, Models, check_file
 from node.users import Account, SetupToken, authenticate, current_account
