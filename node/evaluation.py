@@ -28,7 +28,14 @@ from node.config import Config, Route
 from node.db import AuditEvent, Database, Delivery, Report, Series
 from node.early_scoring import EarlyScores, scores_early, series_files
 from sr.key_image import build_key_image
-from sr.report import NothingToCite, ReportIdentity, build_report, report_uids
+from sr.report import (
+    REPORT_NOT_BUILT,
+    NothingToCite,
+    ReportIdentity,
+    build_report,
+    not_evaluated,
+    report_uids,
+)
 from sr.uids import ObjectIdentity
 
 log = logging.getLogger(__name__)
@@ -197,7 +204,7 @@ class Evaluator:
         sr_series_uid, sr_uid = report_uids(series.series_uid, version)
         identity = ReportIdentity(self.device_uid, self.config.node.ae_title, "dfnode", sr_series_uid, sr_uid, version)
         try:
-            sr = build_report(headers, result, identity, _read_previous(previous))
+            sr, result = self._report(series.series_uid, headers, result, identity, _read_previous(previous))
         except NothingToCite:  # nothing to hang a report on: recorded, not raised
             reasons = sorted({r.reason or "" for r in result.images})[:3]
             self._record_failure(series_id, "not evaluated: no usable instance: " + "; ".join(reasons))
@@ -214,6 +221,21 @@ class Evaluator:
         if self.metrics is not None:
             self.metrics.observe_inference(route.model, time.monotonic() - started)
         return Outcome(series.series_uid, result, report_path)
+
+    @staticmethod
+    def _report(series_uid: str, headers: list[Dataset], result: SeriesResult, identity: ReportIdentity,
+                previous: Dataset | None) -> tuple[Dataset, SeriesResult]:
+        """The series' SR and the result it reports; when the report of its scores cannot be built, one
+        that says NOT EVALUATED and why, so that the PACS still gets an answer for every series it sent."""
+        try:
+            return build_report(headers, result, identity, previous), result
+        except NothingToCite:
+            raise
+        except Exception:
+            log.exception("series %s: the report could not be built; a NOT EVALUATED report is sent instead",
+                          series_uid)
+        fallback = not_evaluated(result, REPORT_NOT_BUILT)
+        return build_report(headers, fallback, identity, previous), fallback
 
     def _write_key_image(self, series_uid: str, version: int, result: SeriesResult, files: dict[str, Path],
                          classifier: Classifier) -> Path | None:

@@ -16,6 +16,7 @@ from inference.localisation import Box
 from inference.preprocess import Preprocessing, frames_in_modality_units, to_unit_range
 from inference.scoring import Finding, Verdict
 from sr.names import names_kept_out_of_warnings
+from sr.source_attributes import with_copyable_attributes
 from sr.uids import ObjectIdentity
 
 MAX_SIDE = 1024  # the key image is for looking at; larger sources are scaled down
@@ -85,7 +86,8 @@ def build_key_image(source: Dataset, focus: Finding, verdict: Verdict, score: fl
     pixels = render(_display_values(source, focus.frame_number, prep), focus.box, banner_text(verdict, score))
     with names_kept_out_of_warnings():
         image = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=source, pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8,
+            ref_dataset=with_copyable_attributes(source), pixel_array=pixels, photometric_interpretation="RGB",
+            bits_allocated=8,
             coordinate_system="PATIENT", patient_orientation=orientation or ("L", "F"),
             series_instance_uid=identity.series_uid, series_number=identity.series_number,
             sop_instance_uid=identity.sop_instance_uid, instance_number=identity.instance_number,

@@ -37,6 +37,7 @@ from sr.groups import (
 from sr.image_groups import ImageGroupWriter
 from sr.item_template import insert_items, mark_encoded
 from sr.names import names_kept_out_of_warnings
+from sr.source_attributes import with_copyable_attributes
 from sr.uids import derived_uids
 
 SERIES_DESCRIPTION_PREFIX = "DEEPFAKE SCREEN: "
@@ -136,7 +137,8 @@ def build_report(sources: Sequence[Dataset], result: SeriesResult, identity: Rep
     not_evaluated = any(r.score is None for r in result.images)
     with names_kept_out_of_warnings():
         sr = hd.sr.Comprehensive3DSR(
-            evidence=list(sources), content=content, series_instance_uid=identity.series_uid,
+            evidence=[with_copyable_attributes(first), *sources[1:]], content=content,
+            series_instance_uid=identity.series_uid,
             series_number=identity.series_number, sop_instance_uid=identity.sop_instance_uid,
             instance_number=identity.instance_number, manufacturer=identity.manufacturer,
             is_complete=not not_evaluated and result.verdict is not Verdict.NOT_EVALUATED, is_final=False,
@@ -173,6 +175,17 @@ def _add_per_image_parts(sr: Dataset, images: list[tuple[ImageResult, Dataset]],
     groups = b"".join(writer.group(n, r, image) for n, (r, image) in enumerate(images, start=1))
     insert_items(container, len(container.ContentSequence) - 1, groups, encodings)
     mark_encoded(sr)
+
+
+REPORT_NOT_BUILT = "its report could not be built from the series' attributes (details in the node's log)"
+
+
+def not_evaluated(result: SeriesResult, reason: str) -> SeriesResult:
+    """The same series with every image not evaluated for `reason`: what is reported when the report of
+    its scores cannot be built."""
+    images = [ImageResult(r.sop_instance_uid, r.frame_number, None, reason) for r in result.images]
+    return SeriesResult(images, None, Verdict.NOT_EVALUATED, result.model_name, result.model_version,
+                        result.threshold)
 
 
 def _not_evaluated_summary(result: SeriesResult) -> str:
