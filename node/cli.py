@@ -115,7 +115,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from node.predict import predict_files
 
     config = load_config(args.config)
-    print(predict_files(config, args.files, model=args.model))
+    table, unreadable = predict_files(config, args.files, model=args.model)
+    print(table)
+    if unreadable:
+        print(f"{unreadable} of {len(args.files)} file(s) could not be read", file=sys.stderr)
+        return 1
     return 0
 
 

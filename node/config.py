@@ -6,8 +6,10 @@ Unknown keys are errors. Relative paths are relative to the config file's folder
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -332,6 +334,35 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     return config.model_copy(update={"storage": storage, "models": models, "tls": tls})
 
 
+def _section_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys valid in the section at `loc` (list indices and the names in a mapping of sections skipped)."""
+    model: Any = Config
+    for part in loc:
+        field = model.model_fields.get(str(part)) if not isinstance(part, int) else None
+        if field is None:
+            continue  # a list index, or a name in a mapping (models: {knee: ...}): the same section follows
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        candidates += [a for c in candidates for a in typing.get_args(c)]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _message(err: Any) -> str:
+    """pydantic's message, in the user's words where it has a better one."""
+    if err["type"] == "missing":
+        return "required, and missing"
+    if err["type"] != "extra_forbidden":
+        return str(err["msg"])
+    *section, key = err["loc"]
+    valid = _section_keys(tuple(section))
+    nearest = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+    if nearest:
+        return f"unknown key; did you mean {nearest[0]!r}?"
+    return "unknown key" + (f" (valid here: {', '.join(valid)})" if valid else "")
+
+
 def parse_config(raw: Any, source: str = "config", base_dir: Path | None = None) -> Config:
     """Validate a parsed YAML document; raise `ConfigError` with every problem found."""
     if raw is None:
@@ -341,7 +372,7 @@ def parse_config(raw: Any, source: str = "config", base_dir: Path | None = None)
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        problems = [(".".join(str(p) for p in err["loc"]) or "(top)", err["msg"]) for err in exc.errors()]
+        problems = [(".".join(str(p) for p in err["loc"]) or "(top)", _message(err)) for err in exc.errors()]
         raise ConfigError(source, problems) from None
     problems = _cross_check(config)
     if problems:

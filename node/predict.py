@@ -54,6 +54,7 @@ class FileCheck:
     classifier: Classifier | None
     images: list[CheckedImage]
     problem: str | None = None
+    readable: bool = True  # False: the file itself could not be read (as opposed to an image not evaluable)
 
     @property
     def most_suspicious(self) -> CheckedImage | None:
@@ -68,6 +69,21 @@ class FileCheck:
 
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _unreadable(exc: Exception) -> str:
+    """Why a file cannot be read, in a user's words (never a library's advice)."""
+    if isinstance(exc, InvalidDicomError):
+        return "not a DICOM file (no DICM prefix after the preamble)"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a PNG or JPEG image"
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "a folder, not a file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return getattr(exc, "strerror", None) or "the file cannot be read"
 
 
 def check_file(path: Path, models: Models, model: str | None = None) -> FileCheck:
@@ -95,7 +111,7 @@ def check_file(path: Path, models: Models, model: str | None = None) -> FileChec
     except NotEvaluable as exc:
         return FileCheck(path.name, None, [], str(exc))
     except (InvalidDicomError, OSError, UnidentifiedImageError) as exc:
-        return FileCheck(path.name, None, [], f"cannot read ({exc})")
+        return FileCheck(path.name, None, [], f"cannot read: {_unreadable(exc)}", readable=False)
     scores = classifier.scores([p for _, p, _ in prepared])
     return FileCheck(path.name, classifier, [CheckedImage(frame, float(score), pixels, (int(shape[0]), int(shape[1])))
                                              for (frame, pixels, shape), score in zip(prepared, scores, strict=True)])
@@ -109,7 +125,10 @@ def _rows_for(check: FileCheck, model: str | None) -> list[list[str]]:
              f"{threshold * 100:.1f}%", verdict_for(image.score, threshold).value] for image in check.images]
 
 
-def predict_files(config: Config, paths: list[Path], model: str | None = None) -> str:
+def predict_files(config: Config, paths: list[Path], model: str | None = None) -> tuple[str, int]:
+    """The table of scores, and how many of the files could not be read."""
     models = Models(config)
-    rows = [row for path in paths for row in _rows_for(check_file(path, models, model), model)]
-    return format_table(["file", "model", "frame", "score", "threshold", "verdict"], rows)
+    checks = [check_file(path, models, model) for path in paths]
+    rows = [row for check in checks for row in _rows_for(check, model)]
+    return (format_table(["file", "model", "frame", "score", "threshold", "verdict"], rows),
+            sum(not check.readable for check in checks))

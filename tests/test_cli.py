@@ -46,3 +46,9 @@ def test_predict_scores_dicom_and_png(tmp_path: Path, model_dir: Path, capsys: p
     assert "not evaluated" in next(line for line in lines if line.startswith("SC_rgb.dcm"))
     assert main(["predict", "--config", str(path), "--model", "knee", str(png)]) == 0
     assert "knee.png" in capsys.readouterr().out
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    assert main(["predict", "--config", str(path), str(real_file("RG3_UNCR.dcm")), str(text)]) == 1
+    captured = capsys.readouterr()
+    assert "notes.txt" in captured.out and "not a DICOM file" in captured.out and "force" not in captured.out
+    assert "1 of 2 file(s) could not be read" in captured.err

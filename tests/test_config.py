@@ -51,6 +51,25 @@ def test_every_problem_is_reported_with_its_key_path(tmp_path: Path) -> None:
     assert {p for p, _ in info.value.problems} == {"routes.0.model", "routes.1.destinations.0"}
 
 
+def test_an_unknown_key_is_named_with_the_nearest_valid_one(tmp_path: Path) -> None:
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    raw["node"]["ae_titel"] = "X"
+    raw["peers"][0]["usrname"] = "modality"
+    raw["models"]["knee"]["crd"] = "x.json"
+    raw["routes"][0]["match"]["modality"] = ["CT"]
+    raw["routs"] = []
+    raw["storage"]["zzz"] = 1
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, raw))
+    problems = dict(info.value.problems)
+    assert problems["node.ae_titel"] == "unknown key; did you mean 'ae_title'?"
+    assert problems["peers.0.usrname"] == "unknown key; did you mean 'username'?"
+    assert problems["models.knee.crd"] == "unknown key; did you mean 'card'?"
+    assert problems["routes.0.match.modality"] == "unknown key; did you mean 'modalities'?"
+    assert problems["routs"] == "unknown key; did you mean 'routes'?"
+    assert problems["storage.zzz"].startswith("unknown key (valid here: data_dir, ")
+
+
 def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     config = load_config(_write(tmp_path, {"storage": {"data_dir": "data"}, "models": {"m": {"card": "w/m.json"}}}))
     assert config.storage.data_dir == tmp_path / "data"
