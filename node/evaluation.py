@@ -247,7 +247,7 @@ class Evaluator:
         path = self.config.storage.reports_dir / f"{identity.sop_instance_uid}.dcm"
         try:
             image = build_key_image(dcmread(files[focus.sop_instance_uid]), focus, result.verdict, result.score,
-                                    classifier.card.preprocessing_spec(), identity)
+                                    classifier.card.preprocessing_spec(), identity, result.threshold)
             write_atomically(path, lambda f: image.save_as(f, enforce_file_format=True))
         except Exception:  # the SR goes out regardless
             log.exception("series %s: key image not made; the SR is sent alone", series_uid)

@@ -24,9 +24,45 @@ OUTLINE = (255, 40, 40)
 KEY_IMAGE_DESCRIPTION = "DEEPFAKE SCREEN KEY IMAGE"
 
 
-def banner_text(verdict: Verdict, score: float | None) -> str:
+def banner_text(verdict: Verdict, score: float | None, threshold: float | None = None) -> str:
     text = f"DEEPFAKE SCREEN: {verdict.value}"
-    return f"{text} {score * 100:.0f}%" if score is not None else text
+    if score is None:
+        return text
+    text = f"{text} {score * 100:.0f}%"
+    return f"{text} (threshold {threshold * 100:.0f}%)" if threshold is not None else text
+
+
+def _wrapped(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, room: float) -> list[str]:
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and font.getlength(candidate) <= room:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines
+
+
+def banner_layout(text: str, width: int, largest: int = 40, readable: int = 10,
+                  most_lines: int = 3) -> tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, int, list[str]]:
+    """The font, its size and the lines the banner takes on an image `width` pixels wide: the fewest
+    lines (up to `most_lines`) at which the words fit at a readable size, at the largest such size (up
+    to `largest`, about a 24th of the width); narrower than that, smaller type on as many lines as needed."""
+    start = min(largest, max(readable + 2, width // 24))
+    for lines_allowed in range(1, most_lines + 1):
+        for size in range(start, readable - 1, -1):
+            font = ImageFont.load_default(size=size)
+            room = width - 4 - size // 2
+            lines = _wrapped(text, font, room)
+            if len(lines) <= lines_allowed and all(font.getlength(line) <= room for line in lines):
+                return font, size, lines
+    for size in range(readable - 1, 3, -1):
+        font = ImageFont.load_default(size=size)
+        room = width - 4 - size // 2
+        lines = _wrapped(text, font, room)
+        if all(font.getlength(line) <= room for line in lines):
+            break
+    return font, size, lines
 
 
 def render(grey: np.ndarray, box: Box | None, banner: str) -> np.ndarray:
@@ -38,13 +74,15 @@ def render(grey: np.ndarray, box: Box | None, banner: str) -> np.ndarray:
                                  Image.Resampling.LANCZOS)
     picture = picture.convert("RGB")
     width = picture.width
-    font_size = max(10, min(40, width // 24))
-    font = ImageFont.load_default(size=font_size)
-    strip = font_size * 2
+    font, font_size, lines = banner_layout(banner, width)
+    line_height = round(font_size * 1.25)
+    strip = line_height * len(lines) + font_size
     canvas = Image.new("RGB", (width, picture.height + strip), (0, 0, 0))
     canvas.paste(picture, (0, strip))
     draw = ImageDraw.Draw(canvas)
-    draw.text((font_size // 2, strip // 2), banner, fill=(255, 255, 255), font=font, anchor="lm")
+    for n, line in enumerate(lines):
+        draw.text((font_size // 4 + 2, font_size // 2 + n * line_height + line_height // 2), line,
+                  fill=(255, 255, 255), font=font, anchor="lm")
     if box is not None:
         thickness = max(2, width // 256)
         draw.rectangle((box.col0 * scale, strip + box.row0 * scale, (box.col1 - 1) * scale,
@@ -80,10 +118,11 @@ def patient_orientation(source: Dataset) -> tuple[str, str] | None:
 
 
 def build_key_image(source: Dataset, focus: Finding, verdict: Verdict, score: float | None,
-                    prep: Preprocessing, identity: ObjectIdentity) -> hd.sc.SCImage:
+                    prep: Preprocessing, identity: ObjectIdentity, threshold: float | None = None) -> hd.sc.SCImage:
     """The Secondary Capture for one evaluated series; `source` is the focus image with its pixels."""
     orientation = patient_orientation(source)
-    pixels = render(_display_values(source, focus.frame_number, prep), focus.box, banner_text(verdict, score))
+    pixels = render(_display_values(source, focus.frame_number, prep), focus.box,
+                    banner_text(verdict, score, threshold))
     with names_kept_out_of_warnings():
         image = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=with_copyable_attributes(source), pixel_array=pixels, photometric_interpretation="RGB",

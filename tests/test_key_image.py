@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 from inference.model import load_classifier
+from inference.scoring import Verdict
 from node.db import Database
 from node.service import Node
-from sr.key_image import MAX_SIDE, render
+from sr.key_image import MAX_SIDE, banner_layout, banner_text, render
 from tests.conftest import node_config, write_test_model
 from tests.helpers import Receiver, copy_with_new_uids, ct_series, real_file, send, wait_for
 from tests.sr_contract import check_key_image, check_report, region_box, region_groups
@@ -107,3 +108,20 @@ def test_a_large_image_is_scaled_to_the_key_images_side_with_lanczos_in_every_ch
     expected = np.asarray(as_rgb.resize(size, Image.Resampling.LANCZOS))
     assert pixels.shape[1:] == (size[0], 3) and pixels.shape[0] > MAX_SIDE  # the banner strip on top
     np.testing.assert_array_equal(pixels[-MAX_SIDE:], expected)
+
+
+@pytest.mark.parametrize("width", [128, 512, 3000])
+def test_the_banner_is_whole_on_any_width(width: int) -> None:
+    """Every word of the banner is drawn, none runs past the image's right edge."""
+    text = banner_text(Verdict.SUSPECTED, 0.97, 0.86)
+    assert text == "DEEPFAKE SCREEN: SUSPECTED 97% (threshold 86%)"
+    _font, size, lines = banner_layout(text, min(width, MAX_SIDE))
+    assert " ".join(lines) == text and size >= 10
+    grey = np.zeros((width, width), dtype=np.float32)  # black, so that only the banner's text is white
+    pixels = render(grey, None, text)
+    strip = pixels[:pixels.shape[0] - min(width, MAX_SIDE)]
+    white = np.argwhere(strip.min(axis=2) > 128)
+    assert len(white) > 0
+    assert white[:, 1].max() < pixels.shape[1] - 2  # nothing touches the right edge: not cut off
+    if width >= 512:
+        assert len(lines) == 1 and size >= 16
