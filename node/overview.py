@@ -6,6 +6,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+import pydicom
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
@@ -195,3 +196,34 @@ def spool_counts(db: Database) -> tuple[int, int, int, int]:
                                      .where(Instance.purged_at.is_(None))).one()
         purged = s.scalar(select(func.count(Instance.id)).where(Instance.purged_at.is_not(None))) or 0
     return total, held_files, held, purged
+
+
+@dataclass(frozen=True)
+class StudyFacts:
+    """What the series page shows of the study, read from a received instance's header."""
+
+    description: str = ""
+    date: str = ""
+    accession: str = ""
+
+
+def study_facts(db: Database, series_id: int) -> StudyFacts:
+    """Study description, date and accession number from the series' first held instance (blank when
+    none is held any more, or its header cannot be read)."""
+    with db.session() as s:
+        path = s.scalar(select(Instance.path).where(Instance.series_id == series_id, Instance.purged_at.is_(None))
+                        .order_by(Instance.id).limit(1))
+    if path is None:
+        return StudyFacts()
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True,
+                                 specific_tags=["StudyDescription", "StudyDate", "AccessionNumber"])
+        return StudyFacts(str(header.get("StudyDescription", "") or ""), _date(str(header.get("StudyDate", "") or "")),
+                          str(header.get("AccessionNumber", "") or ""))
+    except Exception:  # a header damaged on disk: the page shows the rest
+        return StudyFacts()
+
+
+def _date(value: str) -> str:
+    """A DICOM DA (YYYYMMDD) as YYYY-MM-DD; anything else as it is."""
+    return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else value

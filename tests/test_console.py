@@ -129,6 +129,10 @@ def test_series_page_shows_scores_key_image_and_the_report(tmp_path: Path, conso
     assert sr.SOPInstanceUID in page  # the report and its delivery
     assert "pacs: sent" in page
     assert "Manipulation score:" in page and "Manipulation suspected:" in page  # the SR content, readable
+    threshold = console_node.classifiers["knee"].card.threshold
+    assert re.search(rf'id="threshold">{threshold * 100:.1f}%<', page)  # beside the verdict and its score
+    study = re.search(r'id="study">([^<]*)<', page)  # the source's own study description, date, accession
+    assert study and study.group(1) == "Non-ossifying fibroma of distal tibia · 2004-08-26 · accession FUJI95706"
     key = browser.get(f"/series/{number}/key-image.png")
     assert key.status_code == 200 and key.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(key.content)).size[0] > 100

@@ -36,6 +36,8 @@ def test_echo_and_knee_radiograph_round_trip(running_node: Node, receiver: Recei
     row = next(line for line in str(table).splitlines() if "knee-radiograph" in line)
     verdict = sr.SeriesDescription.removeprefix("DEEPFAKE SCREEN: ")
     assert "evaluated" in row and verdict in row and "CR" in row
+    threshold = running_node.classifiers["knee"].card.threshold
+    assert f" {threshold * 100:.0f}% " in row  # the decision threshold beside the score
 
 
 def test_compressed_radiograph_is_evaluated(running_node: Node, receiver: Receiver, tmp_path: Path) -> None:

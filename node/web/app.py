@@ -35,6 +35,7 @@ from node.config import Config
 from node.db import Database
 from node.metrics import Metrics
 from node.predict import PICTURE_SUFFIXES, FileCheck, Models, check_file
+from node.status import route_thresholds
 from node.users import Account, SetupToken, authenticate, current_account
 from node.web.pictures import heatmap_png, key_image_png
 from node.web.throttle import SignInThrottle
@@ -201,7 +202,10 @@ def build_app(ctx: ConsoleContext) -> Starlette:
                              detail=f"user {user.name}")
         images = sorted((g for g in groups if g.label.startswith("image")),
                         key=lambda g: -(g.score_percent or 0.0))
-        return page(request, "series.html", row=row, reports=reports, current=current, images=images[:MAX_IMAGE_ROWS],
+        study = await run_in_threadpool(overview.study_facts, ctx.db, series_id)
+        threshold = route_thresholds(ctx.config).get(row.route or "")
+        return page(request, "series.html", row=row, reports=reports, study=study, threshold=threshold,
+                    current=current, images=images[:MAX_IMAGE_ROWS],
                     image_count=len(images), regions=[g for g in groups if g.region], lines=lines,
                     report_problem=problem, reveal=reveal,
                     has_key_image=bool(current and current.key_image_path and Path(current.key_image_path).exists()))
