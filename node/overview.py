@@ -60,6 +60,7 @@ class ReportRow:
     created_at: float
     superseded: bool
     deliveries: list[DeliveryRow]
+    number: int = 1  # 1: the series' first report, 2: the one that replaced it ...
 
 
 @dataclass(frozen=True)
@@ -133,10 +134,11 @@ def series_reports(db: Database, series_id: int) -> list[ReportRow]:
         if se is None:
             return []
         rows = []
-        for r in s.scalars(select(Report).where(Report.series_id == series_id).order_by(Report.version.desc())):
+        reports = list(s.scalars(select(Report).where(Report.series_id == series_id).order_by(Report.version.desc())))
+        for n, r in enumerate(reports):
             deliveries = [_delivery_row(d, se) for d in s.scalars(select(Delivery).where(Delivery.report_id == r.id))]
             rows.append(ReportRow(r.id, r.version, r.sop_instance_uid, r.path, r.key_image_path, r.verdict, r.score,
-                                  r.created_at, r.superseded, deliveries))
+                                  r.created_at, r.superseded, deliveries, number=len(reports) - n))
         return rows
 
 

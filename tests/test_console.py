@@ -128,6 +128,7 @@ def test_series_page_shows_scores_key_image_and_the_report(tmp_path: Path, conso
     assert source_uid in page  # the per-image score row names the image
     assert sr.SOPInstanceUID in page  # the report and its delivery
     assert "pacs: sent" in page
+    assert re.search(r'<td title="[^"]*">first</td>', page)  # the series' first report, named as such
     assert "Manipulation score:" in page and "Manipulation suspected:" in page  # the SR content, readable
     threshold = console_node.classifiers["knee"].card.threshold
     assert re.search(rf'id="threshold">{threshold * 100:.1f}%<', page)  # beside the verdict and its score
