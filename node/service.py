@@ -28,6 +28,7 @@ from node.heap import freeze_start_up_objects
 from node.ingest import Ingest
 from node.metrics import Metrics
 from node.network import TlsContexts, peer_rules, receiver_settings
+from node.ports import check_ports_free
 from node.predict import Models
 from node.priority import EVALUATION_NICENESS, at_lower_priority, lower_this_thread
 from node.retention import Retention
@@ -271,6 +272,7 @@ class Node:
 
 def run_forever(config: Config) -> int:
     """`dfnode serve`: run until SIGINT or SIGTERM."""
+    check_ports_free(config)  # before the models load, and before a setup token is logged
     node = Node(config).start()
     log.debug("%d objects of start-up left out of garbage collection", freeze_start_up_objects())
     log.info("dfnode ready: AE %s on %s, models: %s, data under %s", config.node.ae_title, node.listening(),

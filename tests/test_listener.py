@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,8 @@ from node.config import parse_config
 from node.db import AuditEvent
 from node.service import Node
 from tests.conftest import node_config_raw
-from tests.helpers import Receiver, ct_series, storescu
+from tests.helpers import Receiver, ct_series, free_port, storescu
+from tests.serve_process import write_config
 
 
 def _node(tmp_path: Path, model_dir: Path, receiver: Receiver, classifiers, bind_address: str,
@@ -75,3 +78,21 @@ def test_a_dicom_port_in_use_stops_the_start_with_the_key(tmp_path: Path, model_
             node.start(port=taken.getsockname()[1])
         assert node.servers == []
         node.db.close()
+
+
+def test_serve_finds_a_busy_port_before_the_models_load(tmp_path: Path, model_dir: Path) -> None:
+    """`dfnode serve` on a taken port stops at once, naming the key, with no setup token logged and no
+    model loaded (the cards point at weights that do not exist: loading them would fail otherwise)."""
+    missing_models = {"knee": {"card": str(tmp_path / "none" / "knee.json")},
+                      "lung": {"card": str(tmp_path / "none" / "lung.json")}}
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        raw = node_config_raw(tmp_path / "var", model_dir, node={"port": port, "bind_address": "127.0.0.1"},
+                              console={"enabled": True, "port": free_port()}, models=missing_models)
+        config = write_config(raw, tmp_path / "config.yaml")
+        result = subprocess.run([sys.executable, "-m", "node.cli", "serve", "--config", str(config)],
+                                capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert f"node.port: cannot listen on 127.0.0.1 port {port}" in output
+    assert "setup token" not in output and "model card is missing" not in output and "Traceback" not in output
