@@ -115,6 +115,8 @@ class Peer(_Strict):
     dicomweb_url: str | None = Field(None, description="STOW-RS root (http[s]://host:port/dicom-web): "
                                                         "results go there instead of by C-STORE")
     tls: bool = Field(False, description="send to this peer over DICOM TLS (`port` is its TLS port)")
+    max_associations: int = Field(1, ge=1, le=16, description="associations the node opens to this peer at "
+                                                               "once when sending")
     username: str | None = Field(None, min_length=1, description="the user identity this peer must present "
                                                                  "when it associates; none: any or none")
     password: str | None = Field(None, min_length=1, description="and its passcode; none: the username is enough")
@@ -193,6 +195,7 @@ class SendingSettings(_Strict):
     max_backoff_seconds: float = Field(300.0, gt=0)
     timeout_seconds: float = Field(30.0, gt=0)
     poll_seconds: float = Field(0.5, gt=0)
+    batch_size: int = Field(50, ge=1, description="reports sent to one peer over one association, at most")
 
 
 class ReportSettings(_Strict):

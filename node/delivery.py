@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from sqlalchemy import select
 from node.audit import Audit, emit
 from node.config import Config, Peer, SendingSettings
 from node.db import Database, Delivery, Report, Series
-from scp.sender import SendOutcome, send_files
+from scp.sender import SendOutcome, send_batch
 from scp.stow import stow_files
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,18 @@ class DueDelivery:
     report_uid: str
 
 
+def batches(due: list[DueDelivery], size: int, parallel: int) -> list[list[DueDelivery]]:
+    """The due deliveries to one peer in batches of at most `size`, each sent over one association, and
+    as few batches as `parallel` associations allow (the longest waiting in the first)."""
+    count = max(min(parallel, -(-len(due) // size)), 1)
+    per = -(-len(due) // count)
+    per = min(per, size)
+    return [due[n:n + per] for n in range(0, len(due), per)]
+
+
 class Deliverer:
-    """Sends due deliveries one by one: the SR, then the key image, by C-STORE or STOW-RS."""
+    """Sends due deliveries: to each peer, batches of reports (the SR, then the key image) over one
+    association each, at most the peer's `max_associations` at once; by C-STORE or STOW-RS."""
 
     def __init__(self, config: Config, db: Database, audit: Audit, tls: ssl.SSLContext | None = None):
         self.config = config
@@ -59,31 +70,51 @@ class Deliverer:
                              .order_by(Delivery.next_attempt_at)).all()
         return [DueDelivery(r[0], r[1], [Path(p) for p in (r[2], r[3]) if p], r[4], r[5], r[6]) for r in rows]
 
-    def send(self, files: list[Path], peer: Peer) -> SendOutcome:
-        """One attempt to put every file on the peer, by its transport."""
+    def send(self, groups: list[list[Path]], peer: Peer) -> list[SendOutcome]:
+        """One attempt to put each group of files on the peer, by its transport: one association (or one
+        STOW-RS request a group) for them all."""
         timeout = self.config.sending.timeout_seconds
         if peer.dicomweb_url is not None:
-            return stow_files(files, peer.dicomweb_url, timeout)
+            url = peer.dicomweb_url
+            return [stow_files(files, url, timeout) for files in groups]
         assert peer.port is not None  # validated in the config
         if peer.tls and self.tls is None:
-            return SendOutcome(False, False, None, f"peer {peer.name!r} wants TLS and no TLS context was made")
-        return send_files(files, self.config.node.ae_title, peer.ae_title, peer.host, peer.port, timeout,
+            return [SendOutcome(False, False, None, f"peer {peer.name!r} wants TLS and no TLS context was made")
+                    ] * len(groups)
+        return send_batch(groups, self.config.node.ae_title, peer.ae_title, peer.host, peer.port, timeout,
                           self.tls if peer.tls else None)
 
     def run_once(self) -> int:
         """Try every due delivery once; returns how many were delivered."""
+        by_peer: dict[str, list[DueDelivery]] = {}
+        for one in self.due(time.time()):
+            by_peer.setdefault(one.destination, []).append(one)
         delivered = 0
         names = {p.name for p in self.config.peers}
-        for due in self.due(time.time()):
-            if due.destination not in names:
-                self._finish(due, None, SendOutcome(False, False, None, f"peer {due.destination!r} is not configured"))
+        for destination, waiting in by_peer.items():
+            if destination not in names:
+                for one in waiting:
+                    self._finish(one, None, SendOutcome(False, False, None,
+                                                        f"peer {destination!r} is not configured"))
                 continue
-            log.info("sending report delivery %d (%d file(s)) to %s", due.id, len(due.files), due.destination)
-            peer = self.config.peer(due.destination)
-            outcome = self.send(due.files, peer)
-            self._finish(due, peer, outcome)
-            delivered += outcome.delivered
+            delivered += self._send_to(self.config.peer(destination), waiting)
         return delivered
+
+    def _send_to(self, peer: Peer, due: list[DueDelivery]) -> int:
+        """Send the peer's due deliveries in batches, up to its `max_associations` at once."""
+        work = batches(due, self.config.sending.batch_size, peer.max_associations)
+
+        def one_batch(batch: list[DueDelivery]) -> int:
+            log.info("sending %d report(s) to %s over one association", len(batch), peer.name)
+            outcomes = self.send([d.files for d in batch], peer)
+            for d, outcome in zip(batch, outcomes, strict=True):
+                self._finish(d, peer, outcome)
+            return sum(outcome.delivered for outcome in outcomes)
+
+        if len(work) == 1:
+            return one_batch(work[0])
+        with ThreadPoolExecutor(max_workers=len(work), thread_name_prefix=f"send:{peer.name}") as pool:
+            return sum(pool.map(one_batch, work))
 
     def _finish(self, due: DueDelivery, peer: Peer | None, outcome: SendOutcome) -> None:
         now = time.time()

@@ -5,13 +5,17 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
+from pynetdicom.transport import AssociationSocket
 
 from scp import statuses
 
@@ -19,6 +23,22 @@ log = logging.getLogger(__name__)
 # a file whose transfer syntax the peer accepts goes out as its stored bytes, streamed from disk:
 # re-encoding a 300-group SR through pydicom takes 2 s (see _store)
 _config.STORE_SEND_CHUNKED_DATASET = True
+
+
+def _shutdown_and_close(self: AssociationSocket) -> None:
+    """pynetdicom's socket shutdown skips the close when the shutdown fails, as it does for a socket whose
+    connect failed (a peer that is down): each retry would leave a socket for the collector."""
+    sock = self.socket
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+AssociationSocket._shutdown_socket = _shutdown_and_close  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)
@@ -38,57 +58,121 @@ class SendOutcome:
 def send_files(paths: list[Path], calling_ae: str, ae_title: str, host: str, port: int,
                timeout: float, tls: ssl.SSLContext | None = None) -> SendOutcome:
     """C-STORE `paths` to the peer over one association (over TLS with `tls`); delivered when every
-    file is stored.
+    file is stored."""
+    return send_batch([paths], calling_ae, ae_title, host, port, timeout, tls)[0]
+
+
+def send_batch(groups: list[list[Path]], calling_ae: str, ae_title: str, host: str, port: int,
+               timeout: float, tls: ssl.SSLContext | None = None) -> list[SendOutcome]:
+    """C-STORE each group of files (one report and its key image) to the peer, all over one association;
+    an outcome per group, delivered when each of its files is stored.
 
     Connection failures, TLS failures, aborts, timeouts and 0xA7xx are retryable; 0xA9xx and 0xCxxx
-    (the peer refuses the object itself) are not."""
-    failure = _unreachable(host, port, timeout, tls)
-    if failure:
-        return SendOutcome(False, True, None, f"cannot connect to {ae_title}@{host}:{port}: {failure}")
+    (the peer refuses the object itself) are not. No connection is opened but the association's own:
+    a peer that counts connections (pynetdicom's does) sees one per batch."""
+    datasets: list[list[Dataset]] = []
+    outcomes: list[SendOutcome | None] = []
+    for paths in groups:
+        try:
+            datasets.append([dcmread(p) for p in paths])
+            outcomes.append(None)
+        except Exception as exc:  # a report on disk is unreadable: retrying cannot help
+            datasets.append([])
+            outcomes.append(SendOutcome(False, False, None, f"cannot read a report file: {exc.__class__.__name__}"))
+    readable = [ds for group in datasets for ds in group]
+    if not readable:
+        return [o or SendOutcome(True, False, 0x0000, "nothing to send") for o in outcomes]
+    ae = _requesting_ae(calling_ae, timeout, readable)
+    with _connection_failures() as failures:
+        assoc = ae.associate(host, port, ae_title=ae_title, tls_args=(tls, host) if tls else None)
+    if not assoc.is_established:
+        why = _refusal(assoc, failures)
+        failed = SendOutcome(False, True, None, f"association with {ae_title}@{host}:{port}: {why}")
+        return [o or failed for o in outcomes]
     try:
-        datasets = [dcmread(p) for p in paths]
-    except Exception as exc:  # a report on disk is unreadable: retrying cannot help
-        return SendOutcome(False, False, None, f"cannot read a report file: {exc}")
+        for n, (paths, group) in enumerate(zip(groups, datasets, strict=True)):
+            if outcomes[n] is not None:
+                continue
+            if not assoc.is_established:
+                outcomes[n] = SendOutcome(False, True, None, "the association ended before this report was sent")
+                continue
+            outcome = SendOutcome(True, False, 0x0000, "stored")
+            for path, ds in zip(paths, group, strict=True):
+                outcome = _store(assoc, path, ds)
+                if not outcome.delivered:
+                    break
+            outcomes[n] = outcome
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return [o or SendOutcome(False, True, None, "not sent") for o in outcomes]
+
+
+def _requesting_ae(calling_ae: str, timeout: float, datasets: list[Dataset]) -> AE:
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.connection_timeout = timeout
+    ae.connection_timeout = min(timeout, 10)
     for sop_class in dict.fromkeys(str(ds.SOPClassUID) for ds in datasets):
         # one context per stored syntax (so a peer preferring another still takes the file as it is),
         # and one the dataset can be converted to
         for syntax in dict.fromkeys(ds.file_meta.TransferSyntaxUID for ds in datasets if ds.SOPClassUID == sop_class):
             ae.add_requested_context(sop_class, syntax)
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=(tls, host) if tls else None)
-    if not assoc.is_established:
-        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
-        return SendOutcome(False, True, None, f"association with {ae_title}@{host}:{port} {why}")
+    return ae
+
+
+class _FailureRecords(logging.Handler):
+    """pynetdicom's records of why a connection failed (it logs the error rather than raising it), kept
+    with the thread that logged them: an association's own thread connects."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def of(self, threads: set[int | None]) -> tuple[list[BaseException], list[str]]:
+        """The errors and messages logged by `threads`."""
+        mine = [r for r in self.records if r.thread in threads]
+        return ([r.exc_info[1] for r in mine if r.exc_info and r.exc_info[1] is not None],
+                [r.getMessage() for r in mine])
+
+
+@contextmanager
+def _connection_failures() -> Iterator[_FailureRecords]:
+    records = _FailureRecords()
+    transport = logging.getLogger("pynetdicom.transport")
+    transport.addHandler(records)
     try:
-        outcome = SendOutcome(True, False, 0x0000, "stored")
-        for path, ds in zip(paths, datasets, strict=True):
-            outcome = _store(assoc, path, ds)
-            if not outcome.delivered:
-                break
+        yield records
     finally:
-        if assoc.is_established:
-            assoc.release()
-    return outcome
+        transport.removeHandler(records)
 
 
-def _unreachable(host: str, port: int, timeout: float, tls: ssl.SSLContext | None) -> str | None:
-    """Why the peer cannot be reached, or None. A plain connect (and, for TLS, a handshake) before the
-    association: a peer that is down costs no association and leaves no socket behind, and a TLS
-    failure is named (certificate not trusted, wrong host) instead of showing up as an abort."""
-    try:
-        with socket.create_connection((host, port), timeout=min(timeout, 10)) as sock:
-            if tls is not None:
-                with tls.wrap_socket(sock, server_hostname=host):
-                    pass
-    except ssl.SSLError as exc:  # certificate errors included
-        verify = getattr(exc, "verify_message", None)
-        return f"TLS: certificate verify failed: {verify}" if verify else f"TLS: {exc.reason or exc}"
-    except OSError as exc:
-        return str(exc.strerror or exc)
-    return None
+def _refusal(assoc: Any, failures: _FailureRecords) -> str:
+    """Why the association was not established, as the attempt itself says: rejected (with the
+    peer's reason), aborted, TLS not trusted, refused or not answering."""
+    errors, messages = failures.of({assoc.ident, assoc.dul.ident})  # the association's and its DUL's threads
+    if assoc.is_rejected:
+        rejection = getattr(assoc.acceptor, "primitive", None)
+        reason = getattr(rejection, "reason_str", None) or getattr(rejection, "result_str", None)
+        return f"rejected ({reason})" if reason else "rejected"
+    for exc in errors:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return f"TLS: certificate verify failed: {exc.verify_message}"
+        if isinstance(exc, ssl.SSLError):
+            return f"TLS: {exc.reason or exc}"
+    text = " ".join(messages)
+    if "Connection refused" in text:
+        return "connection refused (nothing listens on that port)"
+    if "timed out" in text:
+        return "no answer (the host is down or a firewall drops the connection)"
+    if "Name or service not known" in text or "not known" in text:
+        return "the host name does not resolve"
+    if messages:
+        return "no connection: " + messages[-1].removeprefix("TCP Initialisation Error: ")
+    return "aborted" if assoc.is_aborted else "no connection"
 
 
 def _store(assoc, path: Path, ds: Dataset) -> SendOutcome:  # type: ignore[no-untyped-def]

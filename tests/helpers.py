@@ -136,6 +136,7 @@ class Receiver:
     ae_title: str = "PACS"
     status: int = 0x0000
     delay: float = 0.0  # seconds before each answer: a slow PACS
+    maximum_associations: int = 100  # a PACS takes many; in-process tests also leave finished threads behind
     transfer_syntaxes: list[str] = field(default_factory=lambda: list(ALL_TRANSFER_SYNTAXES))
     received: list[Dataset] = field(default_factory=list)
     arrived_at: list[float] = field(default_factory=list)  # time.monotonic() of each, as `received`
@@ -155,7 +156,7 @@ class Receiver:
 
     def start(self, port: int = 0) -> Receiver:
         ae = AE(ae_title=self.ae_title)
-        ae.maximum_associations = 100  # a PACS takes many; in-process tests also leave finished threads behind
+        ae.maximum_associations = self.maximum_associations
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(str(cx.abstract_syntax), self.transfer_syntaxes)
         ae.add_supported_context(Verification)

@@ -18,7 +18,7 @@ from node.service import Node
 from scp.sender import send_files
 from sr.report import ReportIdentity, build_report, report_uids
 from tests.conftest import node_config
-from tests.helpers import Receiver, copy_with_new_uids, free_port, real_file, send, wait_for
+from tests.helpers import Receiver, copy_with_new_uids, ct_series, free_port, real_file, send, wait_for
 
 
 def _deliveries(node: Node) -> list[Delivery]:
@@ -108,3 +108,27 @@ def _saved_report(path: Path) -> None:
     series, instance = report_uids(str(source.SeriesInstanceUID), 1)
     sr = build_report([source], result, ReportIdentity("2.25.7", "DFNODE", "dfnode", series, instance, 1))
     sr.save_as(path, enforce_file_format=True)
+
+
+def test_eighty_reports_reach_a_pacs_that_takes_two_associations_on_the_first_try(
+        tmp_path: Path, model_dir: Path, classifiers) -> None:
+    """80 series reported in a burst to a pynetdicom PACS that refuses a third association: batches over
+    one association, never more than the peer's `max_associations`, and no probing connection, so every
+    report is delivered at its first attempt."""
+    receiver = Receiver(maximum_associations=2).start()
+    config = node_config(tmp_path / "var", model_dir, receiver.port,
+                         peers=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": receiver.port,
+                                 "max_associations": 2}],
+                         sending={"batch_size": 16, "poll_seconds": 0.1, "initial_backoff_seconds": 0.2,
+                                  "max_backoff_seconds": 1.0, "timeout_seconds": 10})
+    node = Node(config, classifiers).start(port=0)
+    try:
+        files = [ct_series(tmp_path / f"ct{n}", slices=1, size=64, seed=n)[0] for n in range(80)]
+        assert send(files, node.port) == [0x0000] * 80
+        wait_for(lambda: len(receiver.reports()) >= 80, timeout=600)
+        deliveries = wait_for(lambda: (d := _deliveries(node)) and all(x.state == "sent" for x in d) and d, timeout=30)
+        assert len(deliveries) == 80 and {d.attempts for d in deliveries} == {1}
+        assert len({sr.SOPInstanceUID for sr in receiver.reports()}) == 80
+    finally:
+        node.stop()
+        receiver.stop()
