@@ -135,9 +135,9 @@ class Evaluator:
             try:
                 if self.evaluate(series_id) is not None:
                     done += 1
-            except Exception as exc:  # one bad series must not stop the others
+            except Exception:  # one bad series must not stop the others
                 log.exception("evaluation of series id %d failed", series_id)
-                self._record_failure(series_id, f"{exc.__class__.__name__}: {exc}")
+                self._record_failure(series_id, "evaluation failed with an internal error (details in the node's log)")
             finally:
                 self.evaluating = None
         return done

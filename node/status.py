@@ -59,7 +59,7 @@ def status_report(config: Config, limit: int = 20) -> str:
     try:
         total, held_files, held, purged_files = spool_counts(db)
         rows = [[_age(now - se.received_at), se.series_uid[-24:], se.modality or "-", str(se.instances),
-                 se.route or "-", se.state[:47], "-" if se.score is None else f"{se.score * 100:.1f}%",
+                 se.route or "-", se.state, "-" if se.score is None else f"{se.score * 100:.1f}%",
                  f"{thresholds[se.route] * 100:.0f}%" if se.route in thresholds else "-",
                  se.verdict or "-", se.deliveries] for se in recent_series(db, limit)]
     finally:

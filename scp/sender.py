@@ -78,7 +78,8 @@ def send_batch(groups: list[list[Path]], calling_ae: str, ae_title: str, host: s
             outcomes.append(None)
         except Exception as exc:  # a report on disk is unreadable: retrying cannot help
             datasets.append([])
-            outcomes.append(SendOutcome(False, False, None, f"cannot read a report file: {exc.__class__.__name__}"))
+            log.error("report file unreadable: %s", exc)
+            outcomes.append(SendOutcome(False, False, None, "a report file cannot be read (details in the node's log)"))
     readable = [ds for group in datasets for ds in group]
     if not readable:
         return [o or SendOutcome(True, False, 0x0000, "nothing to send") for o in outcomes]
@@ -182,9 +183,10 @@ def _store(assoc, path: Path, ds: Dataset) -> SendOutcome:  # type: ignore[no-un
                     for cx in assoc.accepted_contexts)
     try:
         response = assoc.send_c_store(path if as_stored else ds)
-    except Exception as exc:  # pynetdicom raises on protocol errors; treat as transient
+    except Exception:  # pynetdicom raises on protocol errors; treat as transient
+        log.warning("C-STORE of %s failed", path.name, exc_info=True)
         assoc.abort()
-        return SendOutcome(False, True, None, f"C-STORE failed: {exc}")
+        return SendOutcome(False, True, None, "the C-STORE could not be completed (details in the node's log)")
     status = int(response.Status) if response and "Status" in response else None
     if status is None:
         return SendOutcome(False, True, None, "no response (timeout or abort)")

@@ -35,7 +35,8 @@ def stow_files(paths: list[Path], url: str, timeout: float) -> SendOutcome:
     try:
         datasets = [dcmread(p) for p in paths]
     except Exception as exc:  # the report on disk is unreadable: retrying cannot help
-        return SendOutcome(False, False, None, f"cannot read a report file: {exc}")
+        log.error("report file unreadable: %s", exc)
+        return SendOutcome(False, False, None, "a report file cannot be read (details in the node's log)")
     client = DICOMwebClient(url, timeout=timeout)
     client.set_http_retry_params(retry=False)  # the deliverer owns retries and their backoff
     try:
@@ -43,6 +44,12 @@ def stow_files(paths: list[Path], url: str, timeout: float) -> SendOutcome:
     except requests.HTTPError as exc:
         code = exc.response.status_code if exc.response is not None else 0
         return SendOutcome(False, code in _RETRYABLE_HTTP, None, f"STOW-RS to {url}: HTTP {code}")
+    except requests.Timeout:
+        return SendOutcome(False, True, None, f"STOW-RS to {url}: no answer in {timeout:g} s")
+    except requests.ConnectionError as exc:
+        log.warning("STOW-RS to %s: %s", url, exc)
+        return SendOutcome(False, True, None, f"STOW-RS to {url}: no connection (details in the node's log)")
     except requests.RequestException as exc:
-        return SendOutcome(False, True, None, f"STOW-RS to {url}: {exc.__class__.__name__}: {exc}")
+        log.warning("STOW-RS to %s failed: %s", url, exc)
+        return SendOutcome(False, True, None, f"STOW-RS to {url} failed (details in the node's log)")
     return _failure(response) or SendOutcome(True, False, 0x0000, f"stored {len(paths)} via STOW-RS")

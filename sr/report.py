@@ -199,7 +199,7 @@ def _not_evaluated_groups(result: SeriesResult, by_uid: dict[str, Dataset], iden
     """When nothing could be evaluated: a group per image naming it and the reason, with no score."""
     groups = []
     for n, r in enumerate((r for r in result.images if r.sop_instance_uid in by_uid), start=1):
-        label = f"image {n} not evaluated: {r.reason or 'unknown reason'}"[:64]
+        label = f"image {n} not evaluated: {r.reason or 'unknown reason'}"  # TEXT (UT): the whole reason
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
                 uid=generate_uid(entropy_srcs=[identity.sop_instance_uid, str(n)]), identifier=label),

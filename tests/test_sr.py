@@ -146,3 +146,15 @@ def test_a_long_series_report_reads_back_and_rewrites_unchanged(tmp_path: Path, 
     again = BytesIO()
     read.save_as(again, enforce_file_format=True)
     assert again.getvalue() == first.getvalue()  # what was written is pydicom's own encoding of it
+
+
+def test_a_long_reason_is_whole_in_the_content_and_short_in_the_flag(strict_reading) -> None:
+    source = pydicom.dcmread(real_file("CT_small.dcm"), stop_before_pixels=True)
+    uid = str(source.SOPInstanceUID)
+    reason = ("pixel data cannot be decoded: the number of bytes of pixel data is less than expected for "
+              "512 x 512 pixels of 16 bits")
+    result = SeriesResult([ImageResult(uid, None, None, reason)], None, Verdict.NOT_EVALUATED, "lung", "0" * 12, 0.5)
+    sr = _round_trip(build_report([source], result, _identity(str(source.SeriesInstanceUID), 1)))
+    assert len(sr.CompletionFlagDescription) <= 64 and sr.CompletionFlagDescription.startswith("1/1 not evaluated")
+    texts = [elem.value for elem in sr.iterall() if elem.keyword == "TextValue"]
+    assert f"image 1 not evaluated: {reason}" in texts  # the whole reason, as a TEXT item
