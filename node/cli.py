@@ -123,6 +123,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_samples(args: argparse.Namespace) -> int:
+    from inference.training.sample_studies import write_ct_series, write_radiograph
+
+    if args.slices < 1 or args.size < 64:
+        raise ValueError("--slices must be at least 1 and --size at least 64")
+    radiograph = write_radiograph(args.out / "radiograph")
+    ct = write_ct_series(args.out / "ct", slices=args.slices, size=args.size)
+    print(f"wrote {radiograph} (a real computed radiograph of the lower leg) and {len(ct)} CT slices in "
+          f"{args.out / 'ct'}\nsend them with: storescu -aet PACS -aec DFNODE 127.0.0.1 11112 +sd {args.out}")
+    return 0
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from inference.training.synth import CPU_GAN_SIZE, GPU_GAN_SIZE, KIND_FOR_MODEL, SynthSpec, synthesise
 
@@ -342,6 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--model", help="model name (default: routed by DICOM tags; required for PNG)")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("samples", help="write sample studies to send to a node: a real radiograph and a "
+                                       "synthetic chest CT series")
+    p.add_argument("--out", type=Path, required=True, help="folder to write radiograph/ and ct/ into")
+    p.add_argument("--slices", type=int, default=40, help="CT slices (default 40)")
+    p.add_argument("--size", type=int, default=512, help="CT slice side in pixels (default 512)")
+    p.set_defaults(func=_cmd_samples)
 
     p = sub.add_parser("synth", help="synthesise labelled pristine/manipulated images and a manifest")
     p.add_argument("--kind", default="knee", help="knee/xray or lung/ct")

@@ -6,13 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from node.cli import main
 from tests.conftest import node_config
 from tests.helpers import real_file
 
-SUBCOMMANDS = ["serve", "check-config", "status", "audit", "predict", "train", "synth", "evaluate"]
+REPO = Path(__file__).resolve().parent.parent
+
+SUBCOMMANDS = ["serve", "check-config", "status", "audit", "predict", "samples", "train", "synth", "evaluate"]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
@@ -52,3 +55,18 @@ def test_predict_scores_dicom_and_png(tmp_path: Path, model_dir: Path, capsys: p
     captured = capsys.readouterr()
     assert "notes.txt" in captured.out and "not a DICOM file" in captured.out and "force" not in captured.out
     assert "1 of 2 file(s) could not be read" in captured.err
+
+
+def test_samples_are_studies_the_shipped_routes_take(tmp_path: Path) -> None:
+    from node.config import load_config
+    from node.routing import SeriesTags, route_for
+
+    assert main(["samples", "--out", str(tmp_path / "samples"), "--slices", "3", "--size", "128"]) == 0
+    routes = load_config(REPO / "config.yaml").routes
+    radiograph = pydicom.dcmread(tmp_path / "samples" / "radiograph" / "radiograph.dcm")
+    ct = sorted((tmp_path / "samples" / "ct").glob("*.dcm"))
+    assert len(ct) == 3 and radiograph.Modality == "CR"
+    taken = {route.name if (route := route_for(routes, SeriesTags.from_dataset(
+        pydicom.dcmread(p, stop_before_pixels=True), "PACS"))) else None
+        for p in [tmp_path / "samples" / "radiograph" / "radiograph.dcm", ct[0]]}
+    assert taken == {"knee-radiograph", "lung-ct"}

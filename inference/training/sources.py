@@ -33,7 +33,8 @@ class RealImage:
     values: np.ndarray  # modality units (raw for X-ray, HU for CT), bright = dense
 
 
-def _package_file(package: str, relative: str) -> Path | None:
+def package_file(package: str, relative: str) -> Path | None:
+    """A data file shipped by an installed package, or None."""
     try:
         module = __import__(package, fromlist=["__file__"])
     except ImportError:
@@ -52,7 +53,7 @@ def real_images(kind: str) -> tuple[RealImage, ...]:
     """The packaged real images for a kind ("xray" or "ct"); missing packages are skipped."""
     images = []
     for package, relative in _XRAY_FILES if kind == "xray" else _CT_FILES:
-        path = _package_file(package, relative)
+        path = package_file(package, relative)
         if path is None:
             log.warning("real source %s/%s not installed; skipped", package, relative)
             continue
