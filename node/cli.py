@@ -131,7 +131,7 @@ def _cmd_samples(args: argparse.Namespace) -> int:
     radiograph = write_radiograph(args.out / "radiograph")
     ct = write_ct_series(args.out / "ct", slices=args.slices, size=args.size)
     print(f"wrote {radiograph} (a real computed radiograph of the lower leg) and {len(ct)} CT slices in "
-          f"{args.out / 'ct'}\nsend them with: storescu -aet PACS -aec DFNODE 127.0.0.1 11112 +sd {args.out}")
+          f"{args.out / 'ct'}\nsend them with: storescu -aet PACS -aec DFNODE +sd +r 127.0.0.1 11112 {args.out}")
     return 0
 
 

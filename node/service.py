@@ -57,7 +57,7 @@ def weak_model_warnings(classifiers: dict[str, Classifier]) -> list[str]:
         if not isinstance(auc, int | float) or auc < MIN_TRUSTED_AUC:
             shown = f"{auc:.3f}" if isinstance(auc, int | float) else "not recorded"
             warnings.append(f"model {name!r}: test ROC AUC {shown} is below {MIN_TRUSTED_AUC}; its verdicts are "
-                            "not reliable (see the model card and README, 'Results of the shipped weights')")
+                            "not reliable (see the model card and the README's 'Models')")
     return warnings
 
 

@@ -1,7 +1,7 @@
 """The console in Debian's headless Chromium (Selenium with the system chromedriver; nothing downloaded):
 sign in, open a series, upload an image and see the verdict, with screenshots.
 
-DFNODE_SCREENSHOTS=docs makes the test also write the README's screenshots there."""
+DFNODE_SCREENSHOTS=docs makes the test also write the screenshots in docs/console.md there."""
 
 from __future__ import annotations
 
