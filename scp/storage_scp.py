@@ -109,7 +109,8 @@ def checked_instance(received: Path, request: Any, transfer_syntax: str, calling
         sop_uid = str(header.get("SOPInstanceUID", ""))
         sop_class = str(header.get("SOPClassUID", ""))
     except Exception as exc:  # any parse failure means the dataset cannot be understood
-        return statuses.CANNOT_UNDERSTAND, f"dataset cannot be parsed: {exc}"
+        log.info("received dataset cannot be parsed: %s", exc)
+        return statuses.CANNOT_UNDERSTAND, "the dataset cannot be parsed (details in the node's log)"
     for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid),
                       ("SOPInstanceUID", sop_uid), ("SOPClassUID", sop_class)):
         if not is_valid_uid(uid):
