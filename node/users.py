@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from sqlalchemy import delete, func, select
 
 from core.errors import UserError
 from node.db import Database, User
+
+log = logging.getLogger(__name__)
 
 Role = Literal["viewer", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "admin")
@@ -126,9 +129,15 @@ class SetupToken:
 
     @property
     def pending(self) -> bool:
-        """Whether the token still works: no admin has been made, here or with `dfnode user add`."""
-        if self.value is not None and has_admin(self.db):
+        """Whether the token still works: no admin has been made, here or with `dfnode user add`. When
+        the last admin was removed while the node runs, a new token is made and logged, so that the
+        sign-in page leads to /setup again instead of to a console nobody can administer."""
+        if has_admin(self.db):
             self.value = None
+        elif self.value is None:
+            self.value = secrets.token_urlsafe(18)
+            log.warning("no console admin any more: open /setup with the new one-time setup token %s "
+                        "(or run `dfnode user add NAME --role admin`)", self.value)
         return self.value is not None
 
     def redeem(self, token: str, name: str, password: str) -> Account:
