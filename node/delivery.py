@@ -105,7 +105,7 @@ class Deliverer:
         work = batches(due, self.config.sending.batch_size, peer.max_associations)
 
         def one_batch(batch: list[DueDelivery]) -> int:
-            log.info("sending %d report(s) to %s over one association", len(batch), peer.name)
+            log.info("sending reports to %s over one association: %d delivery(ies)", peer.name, len(batch))
             outcomes = self.send([d.files for d in batch], peer)
             for d, outcome in zip(batch, outcomes, strict=True):
                 self._finish(d, peer, outcome)
