@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
+from inference.localisation import Box
+from inference.preprocess import Preprocessing
+from inference.scoring import Finding, ImageResult, SeriesResult, Verdict
+from sr.key_image import build_key_image
+from sr.report import ReportIdentity, build_report, report_uids
+from sr.uids import ObjectIdentity
 from tests.helpers import dciodvfy_errors
 
 SCORE = ("DFN001", "99DFNODE", "Manipulation score")
@@ -147,3 +154,15 @@ def check_key_image(image: Dataset, sr: Dataset, sources: list[Path]) -> None:
         assert red.sum() > 20, "the suspicious region is not outlined"
     else:
         assert red.sum() == 0
+
+
+def suspected_report_and_key_image(source: Dataset, threshold: float | None = None) -> tuple[Dataset, Dataset]:
+    """The SR and key image the node makes for a one-image series found suspected (score 0.97, a box)."""
+    uid = str(source.SOPInstanceUID)
+    focus = Finding(uid, None, 0.97, Box(10, 10, 60, 80))
+    result = SeriesResult([ImageResult(uid, None, 0.97)], 0.97, Verdict.SUSPECTED, "knee", "0" * 12, 0.5, focus)
+    series_uid, sr_uid = report_uids(str(source.SeriesInstanceUID), 1)
+    sr = build_report([source], result, ReportIdentity(generate_uid(), "DFNODE", "dfnode", series_uid, sr_uid, 1))
+    key = build_key_image(source, focus, result.verdict, result.score, Preprocessing("xray", 512, native=True),
+                          ObjectIdentity.derived(str(source.SeriesInstanceUID), 1, "key"), threshold)
+    return sr, key

@@ -7,20 +7,14 @@ import re
 from pathlib import Path
 
 import pydicom
-from pydicom.uid import generate_uid
 
-from inference.localisation import Box
-from inference.preprocess import Preprocessing
-from inference.scoring import Finding, ImageResult, SeriesResult, Verdict
 from node.config import NodeSettings, Peer, SendingSettings
 from scp import statuses
 from scp.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from scp.settings import ReceiverSettings
 from scp.storage_scp import application_entity
-from sr.key_image import build_key_image
-from sr.report import ReportIdentity, build_report, report_uids
-from sr.uids import ObjectIdentity
 from tests.helpers import real_file
+from tests.sr_contract import suspected_report_and_key_image
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "conformance.md").read_text()
 UID_IN_ROW = re.compile(r"^\|[^|]*\| `([0-9.]+)` \|", re.MULTILINE)
@@ -72,14 +66,7 @@ def test_identity_defaults_statuses_and_rejections_are_the_documents() -> None:
 
 
 def test_the_objects_sent_are_the_documents(tmp_path: Path) -> None:
-    source = pydicom.dcmread(real_file("RG3_UNCR.dcm"))
-    uid = str(source.SOPInstanceUID)
-    focus = Finding(uid, None, 0.97, Box(10, 10, 60, 80))
-    result = SeriesResult([ImageResult(uid, None, 0.97)], 0.97, Verdict.SUSPECTED, "knee", "0" * 12, 0.5, focus)
-    series_uid, sr_uid = report_uids(str(source.SeriesInstanceUID), 1)
-    sr = build_report([source], result, ReportIdentity(generate_uid(), "DFNODE", "dfnode", series_uid, sr_uid, 1))
-    key = build_key_image(source, focus, result.verdict, result.score, Preprocessing("xray", 512, native=True),
-                          ObjectIdentity.derived(str(source.SeriesInstanceUID), 1, "key"), 0.5)
+    sr, key = suspected_report_and_key_image(pydicom.dcmread(real_file("RG3_UNCR.dcm")), 0.5)
     documented = set(UID_IN_ROW.findall(section("### 2.4 Association initiation policy")))
     assert documented == {str(sr.SOPClassUID), str(key.SOPClassUID)}
     assert "DFN001" in DOC and "DFN002" in DOC and "TID 1500" in DOC

@@ -7,16 +7,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
 
-from inference.localisation import Box
-from inference.preprocess import Preprocessing
-from inference.scoring import Finding, ImageResult, SeriesResult, Verdict
-from sr.key_image import build_key_image
-from sr.report import ReportIdentity, build_report, report_uids
 from sr.source_attributes import COPIED_FROM_SOURCE
-from sr.uids import ObjectIdentity
 from tests.helpers import copy_with_new_uids, dciodvfy_errors, real_file, send, wait_for
+from tests.sr_contract import suspected_report_and_key_image
 
 CASES = [(keyword, None) for keyword, _vr in COPIED_FROM_SOURCE] + [("PatientSex", "MALE"), ("PatientBirthDate", "")]
 
@@ -34,13 +28,7 @@ def _source(keyword: str, value: str | None) -> pydicom.Dataset:
 @pytest.mark.parametrize(("keyword", "value"), CASES)
 def test_a_source_without_it_gets_a_valid_sr_and_key_image(keyword: str, value: str | None, tmp_path: Path) -> None:
     source = _source(keyword, value)
-    uid = str(source.SOPInstanceUID)
-    focus = Finding(uid, None, 0.97, Box(10, 10, 60, 80))
-    result = SeriesResult([ImageResult(uid, None, 0.97)], 0.97, Verdict.SUSPECTED, "knee", "0" * 12, 0.5, focus)
-    series_uid, sr_uid = report_uids(str(source.SeriesInstanceUID), 1)
-    sr = build_report([source], result, ReportIdentity(generate_uid(), "DFNODE", "dfnode", series_uid, sr_uid, 1))
-    image = build_key_image(source, focus, result.verdict, result.score, Preprocessing("xray", 512, native=True),
-                            ObjectIdentity.derived(str(source.SeriesInstanceUID), 1, "key"))
+    sr, image = suspected_report_and_key_image(source)
     for name, made in (("sr", sr), ("key", image)):
         path = tmp_path / f"{name}.dcm"
         made.save_as(path, enforce_file_format=True)
