@@ -14,6 +14,8 @@ from tests.models import TEST_INPUT_SIZE, write_test_model
 
 __all__ = ["TEST_INPUT_SIZE", "write_test_model"]
 
+pytest_plugins = ["tests.exit_guard"]
+
 
 @pytest.fixture(autouse=True)
 def torch_threads_restored() -> Iterator[None]:
