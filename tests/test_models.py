@@ -178,7 +178,7 @@ def test_serve_exits_with_the_reason(tmp_path: Path, model_copy: Path) -> None:
 def test_shipped_weights_match_their_cards(name: str) -> None:
     card = read_card(REPO / "weights" / f"{name}.json")
     assert card.architecture == "efficientnet_b4"
-    assert card.metrics.get("split") == "test" and "roc_auc" in card.metrics
+    assert str(card.metrics.get("split", "")).startswith("test") and "roc_auc" in card.metrics
     assert card.training.get("command", "").startswith("dfnode train")
     classifier = load_classifier(REPO / "weights" / f"{name}.json")
     assert classifier.version == card.weights.sha256[:12]
