@@ -5,6 +5,7 @@
     ├── ModelLoadError       a model card or its weights are missing, corrupt or mismatched
     ├── NotEvaluable         an image the model cannot use (colour, scout, no pixel data ...)
     ├── SpoolError           an instance could not be written to the spool
+    ├── DatabaseUnavailable  the database cannot be reached or opened
     └── UserError            a console user cannot be added, changed, removed or made by setup token
 """
 
@@ -35,6 +36,10 @@ class NotEvaluable(DfnodeError):
 
 class SpoolError(DfnodeError):
     """Writing a received instance to the spool failed (disk full, read-only, I/O error)."""
+
+
+class DatabaseUnavailable(DfnodeError):
+    """The database cannot be reached or opened; the message names it (never its password) and why."""
 
 
 class UserError(DfnodeError):

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from core.events import AuditEventName
 from node.db import AuditEvent, Database
 
 log = logging.getLogger("dfnode.audit")
@@ -27,12 +28,12 @@ _LIMITS = {"address": 64, "calling_ae": 16, "called_ae": 16, "study_uid": 64, "s
            "sop_instance_uid": 64, "detail": 2000}
 
 
-def _columns(event: str, fields: dict[str, object]) -> dict[str, object]:
+def _columns(event: AuditEventName, fields: dict[str, object]) -> dict[str, object]:
     unknown = set(fields) - set(FIELDS)
     if unknown:
         raise TypeError(f"not audit fields: {', '.join(sorted(unknown))}")
     values = {k: str(v)[:_LIMITS[k]] for k, v in fields.items() if v is not None}
-    return {"at": time.time(), "event": event, **{k: values.get(k, "") for k in FIELDS}}
+    return {"at": time.time(), "event": str(event), **{k: values.get(k, "") for k in FIELDS}}
 
 
 def emit(row: AuditEvent, level: int = logging.INFO) -> None:
@@ -50,7 +51,7 @@ class Audit:
         self.db = db
         self.on_event = on_event  # told each event's name (the metrics count them)
 
-    def add(self, session: Session | Connection, event: str, **fields: object) -> AuditEvent:
+    def add(self, session: Session | Connection, event: AuditEventName, **fields: object) -> AuditEvent:
         """Add the event to an open transaction (log it with `emit` once that commits). A Core insert:
         this runs for every instance received."""
         columns = _columns(event, fields)
@@ -59,7 +60,7 @@ class Audit:
             self.on_event(event)
         return AuditEvent(**columns)
 
-    def record(self, event: str, level: int = logging.INFO, **fields: object) -> None:
+    def record(self, event: AuditEventName, level: int = logging.INFO, **fields: object) -> None:
         """Write and log one event. Best effort: a database failure is logged and does not raise,
         so that a full disk never turns a peer away by itself."""
         columns = _columns(event, fields)

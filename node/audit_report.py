@@ -9,7 +9,7 @@ from datetime import datetime
 
 from node.audit import FIELDS, AuditQuery, query_events
 from node.config import Config
-from node.db import AuditEvent, Database
+from node.db import AuditEvent, Database, database_exists
 from node.tables import format_table
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -35,9 +35,9 @@ def _as_dict(row: AuditEvent) -> dict[str, object]:
 
 def audit_report(config: Config, query: AuditQuery, as_json: bool = False) -> str:
     """The matching events, oldest first."""
-    if not config.storage.database_path.exists():
-        return f"no database yet at {config.storage.database_path}: nothing recorded"
-    db = Database(config.storage.database_path)
+    if not database_exists(config.storage.database):
+        return f"no database yet at {config.storage.database.removeprefix('sqlite:///')}: nothing recorded"
+    db = Database(config.storage.database)
     try:
         rows = query_events(db, query)
     finally:

@@ -59,7 +59,7 @@ def _cmd_user(args: argparse.Namespace) -> int:
     from node.users import add_user, list_users, remove_user
 
     config = load_config(args.config)
-    db = Database(config.storage.database_path)
+    db = Database(config.storage.database)
     try:
         if args.action == "add":
             account = add_user(db, args.name, _read_password(args.password_stdin), args.role, replace=args.replace)

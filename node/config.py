@@ -70,9 +70,26 @@ class StorageSettings(_Strict):
     def reports_dir(self) -> Path:
         return self.data_dir / "reports"
 
+    database_url: str | None = Field(None, description="the database (SQLAlchemy URL): none for the SQLite file "
+                                                       "under data_dir; postgresql+psycopg://USER@HOST/NAME for "
+                                                       "several nodes sharing one")
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.startswith("postgresql://"):  # SQLAlchemy's default driver for it is not installed
+            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        if not value.startswith(("sqlite:///", "postgresql+psycopg://")):
+            raise ValueError("the node keeps its index in SQLite (sqlite:///PATH) or PostgreSQL "
+                             "(postgresql+psycopg://USER:PASSWORD@HOST:PORT/NAME)")
+        return value
+
     @property
-    def database_path(self) -> Path:
-        return self.data_dir / "dfnode.sqlite"
+    def database(self) -> str:
+        """The database's SQLAlchemy URL: `database_url`, or the SQLite file under `data_dir`."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'dfnode.sqlite'}"
 
     @property
     def model_cache_dir(self) -> Path:

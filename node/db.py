@@ -1,5 +1,5 @@
-"""The node's database (SQLite through SQLAlchemy): series, instances, reports, deliveries, audit,
-console users.
+"""The node's database (SQLite, or PostgreSQL for several nodes, through SQLAlchemy): series, instances,
+reports, deliveries, audit, console users.
 
 A series needs evaluation while `received_version > evaluated_version`; both are committed in the
 same transactions as the work they describe, so a crash at any point leaves a state that the next
@@ -9,15 +9,41 @@ start simply continues from.
 from __future__ import annotations
 
 import threading
+from enum import StrEnum
 from pathlib import Path
 
-from sqlalchemy import Float, ForeignKey, Integer, String, Text, create_engine, event
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    ForeignKey,
+    Insert,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    make_url,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from core.errors import DatabaseUnavailable
+from node.migrations import upgrade_schema
 
 
 class Base(DeclarativeBase):
     pass
+
+
+class DeliveryState(StrEnum):
+    """Where sending one report to one destination stands."""
+
+    PENDING = "pending"  # to be sent (now, or after its backoff)
+    SENT = "sent"
+    FAILED = "failed"  # given up; the console can send it again
+    SUPERSEDED = "superseded"  # a newer report of the series replaced it before it was sent
 
 
 class Series(Base):
@@ -51,13 +77,13 @@ class Instance(Base):
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
     path: Mapped[str] = mapped_column(Text)
-    size: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BigInteger)
     transfer_syntax: Mapped[str] = mapped_column(String(64))
     received_at: Mapped[float] = mapped_column(Float)
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
     # the spool file's mtime when indexed: a file that differs (or whose size does) was replaced by a
     # copy sent again whose index entry was lost (None: indexed by an earlier release, which did not record it)
-    file_mtime_ns: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    file_mtime_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     purged_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # file deleted by retention
 
 
@@ -86,7 +112,7 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"), index=True)
     destination: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending/sent/failed/superseded
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING, index=True)  # a DeliveryState
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
     last_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
@@ -124,20 +150,33 @@ class User(Base):
 
 
 class Database:
-    """The engines (one pair per process) and a session factory; `write_lock` serialises writers.
+    """The engines (one pair per process) and a session factory; `write_lock` serialises this
+    process's writers (SQLite has one writer at a time; PostgreSQL's row locks do the rest).
 
-    `engine` commits durably (synchronous=FULL). `index_engine` is the ingest's: the spool holds what it
-    records, so its commits need not wait for the disk (synchronous=NORMAL: a power cut, not a crash,
-    may take back the last ones; the next start records them again from the spool, and any durable
-    commit after them makes them durable too)."""
+    On SQLite `engine` commits durably (synchronous=FULL) and `index_engine`, the ingest's, does not wait
+    for the disk (synchronous=NORMAL): the spool holds what it records, so a power cut, not a crash, may
+    take back the last ones; the next start records them again from the spool, and any durable commit
+    after them makes them durable too. On PostgreSQL both are one engine: its commits are durable.
+    The schema is brought to this release's by the migrations (`node.migrations`) on open."""
 
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.engine = _sqlite_engine(path, "FULL")
-        self.index_engine = _sqlite_engine(path, "NORMAL")
-        Base.metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+    def __init__(self, url: str):
+        self.url = make_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            path = Path(self.url.database or "")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.engine = _sqlite_engine(path, "FULL")
+            self.index_engine = _sqlite_engine(path, "NORMAL")
+        else:
+            self.engine = create_engine(self.url, pool_pre_ping=True)
+            self.index_engine = self.engine
+        try:
+            upgrade_schema(self.engine)
+        except OperationalError as exc:
+            self.close()
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else "no reason given"
+            raise DatabaseUnavailable(f"the database {self.url.render_as_string(hide_password=True)} cannot be "
+                                      f"opened: {reason}") from exc
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.write_lock = threading.RLock()
 
@@ -149,17 +188,22 @@ class Database:
         self.index_engine.dispose()
 
 
-def _add_missing_columns(engine: Engine) -> None:
-    """Bring a database made by an older release up to date: new columns are nullable and added in place."""
-    with engine.begin() as connection:
-        for table in Base.metadata.sorted_tables:
-            present = {row[1] for row in connection.exec_driver_sql(f"PRAGMA table_info({table.name})")}
-            for column in table.columns:
-                if column.name not in present:
-                    if not column.nullable:
-                        raise RuntimeError(f"{table.name}.{column.name}: a new column must be nullable")
-                    kind = column.type.compile(dialect=engine.dialect)
-                    connection.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
+def insert_unless_present(dialect: str, entity: type[Base], unique: str) -> Insert:
+    """`INSERT ... ON CONFLICT (unique) DO NOTHING RETURNING id`: the new row's id, or no row when
+    another writer (another node sharing the database) added the same one first."""
+    build = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return build(entity).on_conflict_do_nothing(index_elements=[unique]).returning(entity.__table__.c.id)
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def database_exists(url: str) -> bool:
+    """Whether there is a database to read: a SQLite file that exists, or any other database (opening it
+    says whether it can be reached)."""
+    parsed = make_url(url)
+    return parsed.get_backend_name() != "sqlite" or Path(parsed.database or "").exists()
 
 
 def _sqlite_engine(path: Path, synchronous: str) -> Engine:

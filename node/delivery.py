@@ -14,9 +14,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from core.events import AuditEventName
 from node.audit import Audit, emit
 from node.config import Config, Peer, SendingSettings
-from node.db import Database, Delivery, Report, Series
+from node.db import Database, Delivery, DeliveryState, Report, Series
 from scp.sender import SendOutcome, send_batch
 from scp.stow import stow_files
 
@@ -66,7 +67,7 @@ class Deliverer:
                                     Series.study_uid, Series.series_uid, Report.sop_instance_uid)
                              .join(Report, Report.id == Delivery.report_id)
                              .join(Series, Series.id == Report.series_id)
-                             .where(Delivery.state == "pending", Delivery.next_attempt_at <= now)
+                             .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
                              .order_by(Delivery.next_attempt_at)).all()
         return [DueDelivery(r[0], r[1], [Path(p) for p in (r[2], r[3]) if p], r[4], r[5], r[6]) for r in rows]
 
@@ -120,21 +121,22 @@ class Deliverer:
         now = time.time()
         with self.db.write_lock, self.db.session() as s, s.begin():
             d = s.get(Delivery, due.id)
-            if d is None or d.state != "pending":
+            if d is None or d.state != DeliveryState.PENDING:
                 return
             d.attempts += 1
             d.last_status = outcome.status_text
             d.last_error = None if outcome.delivered else outcome.detail
             where = f"delivery {d.id} to {d.destination}, attempt {d.attempts}, status {outcome.status_text}"
             if outcome.delivered:
-                d.state, d.sent_at = "sent", now
-                event, level, detail = "delivery.sent", logging.INFO, where
+                d.state, d.sent_at = DeliveryState.SENT, now
+                event, level, detail = AuditEventName.DELIVERY_SENT, logging.INFO, where
             elif not outcome.retryable or d.attempts >= self.config.sending.max_attempts:
-                d.state = "failed"
-                event, level, detail = "delivery.failed", logging.ERROR, f"{where}: {outcome.detail}; given up"
+                d.state = DeliveryState.FAILED
+                event, level = AuditEventName.DELIVERY_FAILED, logging.ERROR
+                detail = f"{where}: {outcome.detail}; given up"
             else:
                 d.next_attempt_at = now + backoff_seconds(d.attempts, self.config.sending)
-                event, level = "delivery.retry", logging.WARNING
+                event, level = AuditEventName.DELIVERY_RETRY, logging.WARNING
                 detail = f"{where}: {outcome.detail}; retry in {d.next_attempt_at - now:.0f}s"
             row = self.audit.add(s, event, address=peer.dicomweb_url or peer.host if peer else "",
                                  called_ae=peer.ae_title if peer else "", calling_ae=self.config.node.ae_title,

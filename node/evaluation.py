@@ -20,12 +20,13 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select, update
 
 from core.durable import write_atomically
+from core.events import AuditEventName
 from inference.model import Classifier
 from inference.preparing import PreparingProcesses
 from inference.scoring import SeriesResult, score_files, score_paths
 from node.audit import Audit, emit
 from node.config import Config, Route
-from node.db import AuditEvent, Database, Delivery, Report, Series
+from node.db import AuditEvent, Database, Delivery, DeliveryState, Report, Series
 from node.early_scoring import EarlyScores, scores_early, series_files
 from sr.key_image import build_key_image
 from sr.report import (
@@ -175,7 +176,7 @@ class Evaluator:
                 return
             series.error = error[:2000]
             series.evaluated_version = series.received_version  # retried when more instances arrive
-            event = self.audit.add(s, "series.not_evaluated", study_uid=series.study_uid,
+            event = self.audit.add(s, AuditEventName.SERIES_NOT_EVALUATED, study_uid=series.study_uid,
                                    series_uid=series.series_uid, detail=error)
         emit(event, logging.WARNING)
 
@@ -195,7 +196,7 @@ class Evaluator:
         classifier = self.classifiers[route.model]
         scored_before, rest = self.early.take(series_id, listed)  # none for a strided route: not scored early
         early = f", {len(listed) - len(rest)} scored while it waited" if scored_before is not None else ""
-        self.audit.record("series.evaluating", study_uid=series.study_uid, series_uid=series.series_uid,
+        self.audit.record(AuditEventName.SERIES_EVALUATING, study_uid=series.study_uid, series_uid=series.series_uid,
                           detail=f"version {version}: {len(listed)} file(s), model {route.model}{early}")
         started = time.monotonic()
         result, headers = score_files(classifier, [f.path for f in rest], route.slice_stride, self.preparing,
@@ -264,8 +265,8 @@ class Evaluator:
                                                            Report.superseded.is_(False))))
             if older:
                 s.execute(update(Report).where(Report.id.in_(older)).values(superseded=True))
-                s.execute(update(Delivery).where(Delivery.report_id.in_(older), Delivery.state == "pending")
-                          .values(state="superseded"))
+                s.execute(update(Delivery).where(Delivery.report_id.in_(older), Delivery.state == DeliveryState.PENDING)
+                          .values(state=DeliveryState.SUPERSEDED))
             report = s.scalars(select(Report).where(Report.sop_instance_uid == sr_uid)).first()
             if report is None:
                 report = Report(series_id=series_id, version=version, sop_instance_uid=sr_uid, path=str(path),
@@ -277,8 +278,8 @@ class Evaluator:
                     s.add(Delivery(report_id=report.id, destination=dest, next_attempt_at=now))
             series.evaluated_version = max(series.evaluated_version, version)
             series.score, series.verdict, series.error = result.score, result.verdict.value, None
-            return self.audit.add(s, "report.created", study_uid=series.study_uid, series_uid=series.series_uid,
-                                  sop_instance_uid=sr_uid, detail=summary)
+            return self.audit.add(s, AuditEventName.REPORT_CREATED, study_uid=series.study_uid,
+                                  series_uid=series.series_uid, sop_instance_uid=sr_uid, detail=summary)
 
 
 def _read_previous(previous: Report | None) -> Dataset | None:

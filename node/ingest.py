@@ -17,13 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, case, select, update
 
 from core.durable import write_atomically
 from core.errors import SpoolError
+from core.events import AuditEventName
 from node.audit import Audit, emit
 from node.config import Config
-from node.db import AuditEvent, Database, Instance, Series
+from node.db import AuditEvent, Database, Instance, Series, insert_unless_present
 from node.routing import SeriesTags, route_for
 from node.spool_budget import SpoolBudget
 from scp.storage_scp import ReceivedInstance
@@ -41,7 +42,8 @@ _REPLACE_INSTANCE = (update(Instance).where(Instance.id == bindparam("row_id"))
                              purged_at=None))
 _COUNT_INSTANCE = (update(Series).where(Series.id == bindparam("series_id"))
                    .values(instance_count=Series.instance_count + bindparam("added"),
-                           last_received_at=func.max(Series.last_received_at, bindparam("now")),
+                           last_received_at=case((Series.last_received_at > bindparam("now"),
+                                                  Series.last_received_at), else_=bindparam("now")),
                            received_version=Series.received_version + 1)
                    .returning(Series.route, Series.received_version, Series.evaluated_version))
 
@@ -76,6 +78,9 @@ class Ingest:
         self._series_ids: OrderedDict[str, int] = OrderedDict()  # recent series UIDs -> row ids
         self._unindexed: list[Spooled] = []  # answered and spooled, their index not written yet
         self._unindexed_lock = threading.Lock()
+        dialect = db.index_engine.dialect.name
+        self._insert_series = insert_unless_present(dialect, Series, "series_uid")
+        self._insert_instance = insert_unless_present(dialect, Instance, "sop_instance_uid")
 
     def store(self, instance: ReceivedInstance) -> Callable[[], None]:
         """Spool one instance and return its indexing, for after the answer; `SpoolError` (answered
@@ -134,30 +139,31 @@ class Ingest:
         with self.db.write_lock, self.db.index_engine.begin() as conn:
             series_id = self._series_ids.get(instance.series_uid) or conn.scalar(
                 _FIND_SERIES, {"uid": instance.series_uid})
-            if series_id is None:
+            if series_id is None:  # new here; another receiver sharing the database may add it at once
                 values = self._new_series(instance, now)
-                key = conn.execute(insert(Series), values).inserted_primary_key
-                assert key is not None  # an INSERT of one row has a primary key
-                series_id = key[0]
-                route = values["route"]
-                events.append(self.audit.add(conn, "series.new", **uids, **peer, detail=(
-                    f"{values['modality'] or '-'} {values['body_part'] or '-'}: "
-                    + (f"route {route}" if route else "no route, recorded and not processed"))))
+                series_id = conn.scalar(self._insert_series, values)
+                if series_id is None:
+                    series_id = conn.execute(_FIND_SERIES, {"uid": instance.series_uid}).scalar_one()
+                else:
+                    route = values["route"]
+                    events.append(self.audit.add(conn, AuditEventName.SERIES_NEW, **uids, **peer, detail=(
+                        f"{values['modality'] or '-'} {values['body_part'] or '-'}: "
+                        + (f"route {route}" if route else "no route, recorded and not processed"))))
             row = conn.execute(_FIND_INSTANCE, {"uid": instance.sop_instance_uid}).first()
-            if row is None:
-                conn.execute(insert(Instance), {
+            if row is None and conn.scalar(self._insert_instance, {
                     "sop_instance_uid": instance.sop_instance_uid, "sop_class_uid": instance.sop_class_uid,
                     "series_id": series_id, "path": str(path), "size": size,
                     "transfer_syntax": instance.transfer_syntax, "received_at": now,
-                    "calling_ae": instance.calling_ae, "file_mtime_ns": spooled.file_mtime_ns})
-            else:  # sent again: the new copy replaced the old file (or came back after retention)
+                    "calling_ae": instance.calling_ae, "file_mtime_ns": spooled.file_mtime_ns}) is None:
+                row = conn.execute(_FIND_INSTANCE, {"uid": instance.sop_instance_uid}).first()
+            if row is not None:  # sent again: the new copy replaced the old file (or came back after retention)
                 replaced = row.size if row.purged_at is None else 0
                 conn.execute(_REPLACE_INSTANCE, {"row_id": row.id, "new_size": size, "now": now,
                                                  "syntax": instance.transfer_syntax,
                                                  "mtime_ns": spooled.file_mtime_ns})
             route, received, evaluated = conn.execute(
                 _COUNT_INSTANCE, {"series_id": series_id, "added": int(row is None), "now": now}).one()
-            events.append(self.audit.add(conn, "instance.stored", **uids, **peer,
+            events.append(self.audit.add(conn, AuditEventName.INSTANCE_STORED, **uids, **peer,
                                          sop_instance_uid=instance.sop_instance_uid,
                                          detail=f"{size} bytes, {instance.transfer_syntax}"
                                                 + (", replaced an earlier copy" if row is not None else "")

@@ -14,19 +14,20 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from node.db import Database, Delivery, Series
+from core.events import AuditEventName
+from node.db import Database, Delivery, DeliveryState, Series
 
 # audit event -> (counter, label value)
-_COUNTED = {
-    "instance.stored": ("instances", "stored"),
-    "instance.refused": ("instances", "refused"),
-    "association.accepted": ("associations", "accepted"),
-    "association.rejected": ("associations", "rejected"),
-    "tls.refused": ("associations", "tls_refused"),
-    "report.created": ("reports", "created"),
-    "delivery.sent": ("sends", "sent"),
-    "delivery.retry": ("sends", "retry"),
-    "delivery.failed": ("sends", "failed"),
+_COUNTED: dict[str, tuple[str, str]] = {
+    AuditEventName.INSTANCE_STORED: ("instances", "stored"),
+    AuditEventName.INSTANCE_REFUSED: ("instances", "refused"),
+    AuditEventName.ASSOCIATION_ACCEPTED: ("associations", "accepted"),
+    AuditEventName.ASSOCIATION_REJECTED: ("associations", "rejected"),
+    AuditEventName.TLS_REFUSED: ("associations", "tls_refused"),
+    AuditEventName.REPORT_CREATED: ("reports", "created"),
+    AuditEventName.DELIVERY_SENT: ("sends", "sent"),
+    AuditEventName.DELIVERY_RETRY: ("sends", "retry"),
+    AuditEventName.DELIVERY_FAILED: ("sends", "failed"),
 }
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
@@ -47,8 +48,8 @@ class _Jobs(Collector):
             by_state = dict(s.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all())
         series.add_metric(["waiting"], waiting)
         series.add_metric(["failed"], failed)
-        for state in ("pending", "sent", "failed", "superseded"):
-            deliveries.add_metric([state], by_state.get(state, 0))
+        for state in DeliveryState:
+            deliveries.add_metric([state.value], by_state.get(state, 0))
         yield series
         yield deliveries
 

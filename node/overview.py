@@ -10,8 +10,9 @@ import pydicom
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from core.events import AuditEventName
 from node.config import Config
-from node.db import AuditEvent, Database, Delivery, Instance, Report, Series
+from node.db import AuditEvent, Database, Delivery, DeliveryState, Instance, Report, Series
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,8 @@ def series_reports(db: Database, series_id: int) -> list[ReportRow]:
         return rows
 
 
-def deliveries(db: Database, states: tuple[str, ...] = ("pending", "failed"), limit: int = 200) -> list[DeliveryRow]:
+def deliveries(db: Database, states: tuple[DeliveryState, ...] = (DeliveryState.PENDING, DeliveryState.FAILED),
+               limit: int = 200) -> list[DeliveryRow]:
     """Deliveries in the given states, the most recent first."""
     with db.session() as s:
         rows = s.execute(select(Delivery, Series).join(Report, Report.id == Delivery.report_id)
@@ -169,7 +171,8 @@ def peers(db: Database, config: Config) -> list[PeerRow]:
         for peer in config.peers:
             success = s.scalar(select(func.max(Delivery.sent_at)).where(Delivery.destination == peer.name))
             failure = s.scalars(select(AuditEvent).where(
-                AuditEvent.event.in_(("delivery.retry", "delivery.failed")), AuditEvent.called_ae == peer.ae_title,
+                AuditEvent.event.in_((AuditEventName.DELIVERY_RETRY, AuditEventName.DELIVERY_FAILED)),
+                AuditEvent.called_ae == peer.ae_title,
                 AuditEvent.address == (peer.dicomweb_url or peer.host)).order_by(AuditEvent.at.desc())).first()
             address = peer.dicomweb_url or f"{peer.ae_title}@{peer.host}:{peer.port}"
             rows.append(PeerRow(peer.name, address, success, failure.at if failure else None,
@@ -181,9 +184,9 @@ def requeue_delivery(db: Database, delivery_id: int) -> DeliveryRow | None:
     """Send a failed (or waiting) delivery again now, with a fresh count of attempts."""
     with db.write_lock, db.session() as s, s.begin():
         d = s.get(Delivery, delivery_id)
-        if d is None or d.state not in ("failed", "pending"):
+        if d is None or d.state not in (DeliveryState.FAILED, DeliveryState.PENDING):
             return None
-        d.state, d.attempts, d.next_attempt_at = "pending", 0, time.time()
+        d.state, d.attempts, d.next_attempt_at = DeliveryState.PENDING, 0, time.time()
         report = s.get(Report, d.report_id)
         se = s.get(Series, report.series_id) if report else None
         assert se is not None

@@ -9,9 +9,10 @@ from pathlib import Path
 
 from sqlalchemy import case, func, select, update
 
+from core.events import AuditEventName
 from node.audit import Audit, emit
 from node.config import Config
-from node.db import Database, Delivery, Instance, Report, Series
+from node.db import Database, Delivery, DeliveryState, Instance, Report, Series
 from node.spool_budget import SpoolBudget
 
 
@@ -28,7 +29,7 @@ class Retention:
         with self.db.session() as s:
             delivered = (select(Report.series_id, func.max(Delivery.sent_at).label("last_sent"),
                                 func.count(Delivery.id).label("total"),
-                                func.sum(case((Delivery.state == "sent", 1), else_=0)).label("sent"))
+                                func.sum(case((Delivery.state == DeliveryState.SENT, 1), else_=0)).label("sent"))
                          .join(Delivery, Delivery.report_id == Report.id)
                          .where(Report.superseded.is_(False))
                          .group_by(Report.series_id).subquery())
@@ -59,7 +60,8 @@ class Retention:
             s.execute(update(Instance).where(Instance.id.in_([f[0] for f in files])).values(purged_at=now))
             series = s.get(Series, series_id)
             assert series is not None
-            event = self.audit.add(s, "retention.purged", study_uid=series.study_uid, series_uid=series.series_uid,
+            event = self.audit.add(s, AuditEventName.RETENTION_PURGED, study_uid=series.study_uid,
+                                   series_uid=series.series_uid,
                                    detail=f"{len(files)} file(s), {freed} bytes, "
                                           f"{self.config.storage.retention_hours:g} h after delivery")
         self.budget.released(freed)

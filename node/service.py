@@ -17,6 +17,7 @@ from pydicom.uid import generate_uid
 from pynetdicom.association import Association
 
 from core.errors import ConfigError, ModelLoadError
+from core.events import AuditEventName
 from inference.letterbox import compiled_box_means_built
 from inference.model import Classifier, load_classifier, torch_threads_for
 from node.audit import Audit
@@ -125,7 +126,7 @@ class Node:
         self.tls = TlsContexts(config)  # a TLS file that cannot be loaded stops the start here
         # loaded on a nicer thread: the inference libraries' thread pools inherit its priority
         self.classifiers = classifiers if classifiers is not None else at_lower_priority(lambda: load_models(config))
-        self.db = Database(config.storage.database_path)
+        self.db = Database(config.storage.database)
         self.stop_event = threading.Event()
         self.evaluate_wake = threading.Event()
         self.deliver_wake = threading.Event()
@@ -198,7 +199,7 @@ class Node:
         ]
         for thread in self.threads:
             thread.start()
-        self.audit.record("node.started", called_ae=self.config.node.ae_title,
+        self.audit.record(AuditEventName.NODE_STARTED, called_ae=self.config.node.ae_title,
                           detail=f"{self.listening()}; models: {self.models()}")
         return self
 
@@ -245,7 +246,7 @@ class Node:
         for thread in self.threads:
             thread.join(timeout)
         self.evaluator.close()
-        self.audit.record("node.stopped", called_ae=self.config.node.ae_title)
+        self.audit.record(AuditEventName.NODE_STOPPED, called_ae=self.config.node.ae_title)
         self.db.close()
 
 

@@ -8,7 +8,7 @@ import time
 from core.errors import ModelLoadError
 from inference.model_card import read_card
 from node.config import Config
-from node.db import Database
+from node.db import Database, database_exists
 from node.overview import recent_series, spool_counts
 from node.tables import format_table
 
@@ -51,9 +51,9 @@ def route_thresholds(config: Config) -> dict[str, float]:
 
 def status_report(config: Config, limit: int = 20) -> str:
     """A table of the most recently received series."""
-    if not config.storage.database_path.exists():
-        return f"no database yet at {config.storage.database_path}: nothing received"
-    db = Database(config.storage.database_path)
+    if not database_exists(config.storage.database):
+        return f"no database yet at {config.storage.database.removeprefix('sqlite:///')}: nothing received"
+    db = Database(config.storage.database)
     now = time.time()
     thresholds = route_thresholds(config)
     try:

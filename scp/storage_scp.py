@@ -35,6 +35,7 @@ from pynetdicom.pdu_primitives import UserIdentityNegotiation
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from core.errors import ConfigError, SpoolError
+from core.events import AuditEventName
 from scp import statuses
 from scp.admission import Identity, PeerPolicy, Refusal, peer_address
 from scp.file_meta import part10_header
@@ -72,7 +73,7 @@ class InstanceSink(Protocol):
 
 
 class AuditSink(Protocol):
-    def record(self, event: str, level: int = logging.INFO, **fields: object) -> None:
+    def record(self, event: AuditEventName, level: int = logging.INFO, **fields: object) -> None:
         """Record an audit event (best effort: never raises for a storage failure)."""
 
 
@@ -207,10 +208,11 @@ class NodeServices:
             refusal = Refusal(statuses.REJECT_NO_REASON, "internal error while checking the peer")
         try:
             if refusal is None:
-                self.audit.record("association.accepted", address=address, calling_ae=calling, called_ae=called)
+                self.audit.record(AuditEventName.ASSOCIATION_ACCEPTED, address=address, calling_ae=calling,
+                                  called_ae=called)
             else:
-                self.audit.record("association.rejected", logging.WARNING, address=address, calling_ae=calling,
-                                  called_ae=called, detail=refusal.detail)
+                self.audit.record(AuditEventName.ASSOCIATION_REJECTED, logging.WARNING, address=address,
+                                  calling_ae=calling, called_ae=called, detail=refusal.detail)
         except Exception as exc:  # a full disk must not turn away a peer that may echo or get 0xA700 answers
             log.error("association record not written (%s); deciding without it", exc.__class__.__name__)
         if refusal is not None:
@@ -244,7 +246,7 @@ class NodeServices:
             log.exception("C-STORE failed")
             status, reason = statuses.OUT_OF_RESOURCES, f"internal error: {exc.__class__.__name__}"
         try:
-            self.audit.record("instance.refused", logging.WARNING, address=address, calling_ae=calling,
+            self.audit.record(AuditEventName.INSTANCE_REFUSED, logging.WARNING, address=address, calling_ae=calling,
                               sop_instance_uid=_uid_or_blank(request.AffectedSOPInstanceUID),
                               detail=f"0x{status:04X}: {reason}")
         except Exception:
@@ -314,7 +316,7 @@ def start_storage_scp(settings: ReceiverSettings, policy: PeerPolicy, sink: Inst
                             lambda: sum(len(server.active_associations) for server in servers))
 
     def refused(address: str, why: str) -> None:
-        audit.record("tls.refused", logging.WARNING, address=address, detail=why)
+        audit.record(AuditEventName.TLS_REFUSED, logging.WARNING, address=address, detail=why)
 
     listeners: list[tuple[str, int, ssl.SSLContext | None, float]] = []
     if port is not None:

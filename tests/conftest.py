@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from node.config import Config, parse_config
 from node.service import Node
 from tests.helpers import Receiver, dciodvfy_errors
 from tests.models import TEST_INPUT_SIZE, write_test_model
+from tests.postgres import PostgresServer, skip_or_fail
 
 __all__ = ["TEST_INPUT_SIZE", "write_test_model"]
 
@@ -86,8 +89,37 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
         assert dciodvfy_errors(path) == [], path
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster for the session, in a folder of its own under /tmp (its user must reach it)."""
+    reason = PostgresServer.available()
+    if reason is not None:
+        skip_or_fail(reason)
+    folder = Path(tempfile.mkdtemp(prefix="dfnode-postgres-"))
+    server = PostgresServer(folder).start()
+    yield server
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """The node's database: None for the default SQLite file, or a new PostgreSQL database's URL."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_server").new_database()
+
+
+def on_database(url: str | None) -> dict:
+    """The `storage` override that puts a node's index in `url` (none: the default SQLite file)."""
+    return {"storage": {"database_url": url}} if url else {}
+
+
 @pytest.fixture
-def running_node(tmp_path: Path, model_dir: Path, receiver: Receiver, classifiers) -> Iterator[Node]:
-    node = Node(node_config(tmp_path / "var", model_dir, receiver.port), classifiers).start(port=0)
+def running_node(tmp_path: Path, model_dir: Path, receiver: Receiver, classifiers,
+                 database_url: str | None) -> Iterator[Node]:
+    """A node on loopback sending to `receiver`, on SQLite and, as a second run, on PostgreSQL."""
+    config = node_config(tmp_path / "var", model_dir, receiver.port, **on_database(database_url))
+    node = Node(config, classifiers).start(port=0)
     yield node
     node.stop()

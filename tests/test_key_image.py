@@ -11,7 +11,6 @@ from PIL import Image
 
 from inference.model import load_classifier
 from inference.scoring import Verdict
-from node.db import Database
 from node.service import Node
 from sr.key_image import MAX_SIDE, banner_layout, banner_text, render
 from tests.conftest import node_config, write_test_model
@@ -82,20 +81,6 @@ def _status(node: Node) -> str:
     from node.status import status_report
 
     return status_report(node.config)
-
-
-def test_database_from_an_older_release_gains_the_key_image_column(tmp_path: Path) -> None:
-    import sqlite3
-
-    path = tmp_path / "old.sqlite"
-    Database(path).close()
-    with sqlite3.connect(path) as connection:
-        connection.execute("ALTER TABLE reports DROP COLUMN key_image_path")
-    db = Database(path)
-    with sqlite3.connect(path) as connection:
-        columns = {row[1] for row in connection.execute("PRAGMA table_info(reports)")}
-    db.close()
-    assert "key_image_path" in columns
 
 
 def test_a_large_image_is_scaled_to_the_key_images_side_with_lanczos_in_every_channel() -> None:

@@ -29,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from core.errors import UserError
+from core.events import AuditEventName
 from node import overview
 from node.audit import Audit
 from node.config import Config
@@ -143,18 +144,20 @@ def build_app(ctx: ConsoleContext) -> Starlette:
         target = str(form.get("next", "/"))
         wait = throttle.wait_seconds(client(request))
         if wait > 0:
-            ctx.audit.record("console.signin_refused", address=client(request),
+            ctx.audit.record(AuditEventName.CONSOLE_SIGNIN_REFUSED, address=client(request),
                              detail=f"user {name[:64]!r}: too many failed sign-ins from this address")
             return page(request, "login.html", status_code=429, next=target,
                         error=f"too many failed sign-ins from this address; try again in {wait:.0f} s")
         user = await run_in_threadpool(authenticate, ctx.db, name, password)
         if user is None:
             throttle.failed(client(request))
-            ctx.audit.record("console.signin_refused", address=client(request), detail=f"user {name[:64]!r}")
+            ctx.audit.record(AuditEventName.CONSOLE_SIGNIN_REFUSED, address=client(request),
+                             detail=f"user {name[:64]!r}")
             return page(request, "login.html", status_code=401, next=target, error="wrong user name or password")
         throttle.succeeded(client(request))
         _start_session(request, user, ctx.config.console.session_hours)
-        ctx.audit.record("console.signin", address=client(request), detail=f"user {user.name} ({user.role})")
+        ctx.audit.record(AuditEventName.CONSOLE_SIGNIN, address=client(request),
+                         detail=f"user {user.name} ({user.role})")
         return RedirectResponse(target if target.startswith("/") and not target.startswith("//") else "/",
                                 status_code=303)
 
@@ -174,7 +177,8 @@ def build_app(ctx: ConsoleContext) -> Starlette:
                                            str(form.get("password", "")))
         except UserError as exc:
             return page(request, "setup.html", status_code=400, error=str(exc))
-        ctx.audit.record("console.admin_created", address=client(request), detail=f"user {user.name} by setup token")
+        ctx.audit.record(AuditEventName.CONSOLE_ADMIN_CREATED, address=client(request),
+                         detail=f"user {user.name} by setup token")
         _start_session(request, user, ctx.config.console.session_hours)
         return RedirectResponse("/", status_code=303)
 
@@ -185,7 +189,8 @@ def build_app(ctx: ConsoleContext) -> Starlette:
         reveal = _reveal(request, user)
         rows = await run_in_threadpool(overview.recent_series, ctx.db, 200, search, verdict)
         if reveal:
-            ctx.audit.record("console.unmasked", address=client(request), detail=f"user {user.name}: series list")
+            ctx.audit.record(AuditEventName.CONSOLE_UNMASKED, address=client(request),
+                             detail=f"user {user.name}: series list")
         return page(request, "studies.html", rows=rows, q=search, verdict=verdict, verdicts=VERDICTS, reveal=reveal)
 
     async def series(request: Request, user: Account) -> Response:
@@ -198,7 +203,7 @@ def build_app(ctx: ConsoleContext) -> Starlette:
         groups, lines, problem = await run_in_threadpool(_read_report, current.path if current else None)
         reveal = _reveal(request, user)
         if reveal:
-            ctx.audit.record("console.unmasked", address=client(request), series_uid=row.series_uid,
+            ctx.audit.record(AuditEventName.CONSOLE_UNMASKED, address=client(request), series_uid=row.series_uid,
                              detail=f"user {user.name}")
         images = sorted((g for g in groups if g.label.startswith("image")),
                         key=lambda g: -(g.score_percent or 0.0))
@@ -236,7 +241,7 @@ def build_app(ctx: ConsoleContext) -> Starlette:
         row = await run_in_threadpool(overview.requeue_delivery, ctx.db, delivery_id)
         if row is None:
             return RedirectResponse(f"/queue?notice=delivery {delivery_id} is not waiting or failed", status_code=303)
-        ctx.audit.record("console.retry", address=client(request), series_uid=row.series_uid,
+        ctx.audit.record(AuditEventName.CONSOLE_RETRY, address=client(request), series_uid=row.series_uid,
                          detail=f"user {user.name}: delivery {row.id} to {row.destination} sent again")
         ctx.wake_deliverer()
         return RedirectResponse(f"/queue?notice=delivery {row.id} to {row.destination} queued again", status_code=303)
@@ -266,7 +271,7 @@ def build_app(ctx: ConsoleContext) -> Starlette:
             return page(request, "check.html", status_code=413, models=models, chosen=chosen,
                         error=f"the file is larger than {ctx.config.console.max_upload_megabytes:g} MB")
         check, heatmap = await run_in_threadpool(_check_upload, ctx.models, filename, data, chosen or None)
-        ctx.audit.record("console.check", address=client(request),
+        ctx.audit.record(AuditEventName.CONSOLE_CHECK, address=client(request),
                          detail=f"user {user.name}: {check.verdict.value} ({check.problem or 'scored'})")
         return page(request, "check.html", status_code=200 if check.problem is None else 422, models=models,
                     chosen=chosen, check=check, heatmap=heatmap, top=check.most_suspicious,
