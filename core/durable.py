@@ -16,6 +16,19 @@ from typing import BinaryIO
 from core.errors import SpoolError
 
 PARTIAL_PREFIX = ".incoming-"  # the temporary files of writes in progress (or cut short by a crash)
+# Several node processes may write into one shared spool: each names its temporary files with its own
+# name (`name_partial_files`), so that a start removes only what its own earlier run left behind.
+_writer = {"name": ""}
+
+
+def name_partial_files(name: str) -> None:
+    """Name this process's temporary files after the node (`node.name`), once, at start."""
+    _writer["name"] = name
+
+
+def partial_prefix() -> str:
+    """The prefix of this process's temporary files."""
+    return f"{PARTIAL_PREFIX}{_writer['name']}~" if _writer["name"] else PARTIAL_PREFIX
 
 
 def fsync_folder(folder: Path) -> None:
@@ -51,7 +64,7 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> os.stat_r
     """
     try:
         make_folders_durably(path.parent)
-        fd, tmp = tempfile.mkstemp(prefix=PARTIAL_PREFIX, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=partial_prefix(), dir=path.parent)
     except OSError as exc:
         raise SpoolError(f"cannot create a file in {path.parent}: {exc.strerror or exc}") from exc
     replaced = False

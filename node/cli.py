@@ -24,6 +24,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from node.service import run_forever
 
     config = load_config(args.config)
+    if args.role:
+        config = config.with_roles(args.role)
     configure_logging(args.log_format or config.logging.format, "debug" if args.verbose else config.logging.level)
     return run_forever(config)
 
@@ -310,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the node: receive, evaluate, send Structured Reports")
     _config_arg(p)
     p.add_argument("--log-format", choices=["text", "json"], help="overrides logging.format in the config")
+    p.add_argument("--role", action="append", choices=["all", "receiver", "evaluator", "deliverer"],
+                   help="what this process does (repeat for several; overrides node.roles): receiver (the "
+                        "Storage SCP and the index), evaluator (the models), deliverer (sending reports), all")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("check-config", help="validate a config and the models it routes to")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import socket
 import typing
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,6 +37,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Role(StrEnum):
+    """What one node process does; several processes sharing one database and spool divide the work."""
+
+    ALL = "all"
+    RECEIVER = "receiver"  # the Storage SCP, the index, retention
+    EVALUATOR = "evaluator"  # the models: claims due series, writes the reports
+    DELIVERER = "deliverer"  # claims deliveries and sends the reports
+
+
 class NodeSettings(_Strict):
     """The node's own application entity."""
 
@@ -45,8 +56,20 @@ class NodeSettings(_Strict):
     network_timeout_seconds: float = Field(60, gt=0)
     max_pdu_size: int = Field(0, ge=0, description="0: no limit, the fastest on receive")
     drain_seconds: float = Field(30, ge=0, description="on stop, how long open associations may finish")
+    name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=100,
+                      pattern=r"^[A-Za-z0-9._-]+$",
+                      description="this process's name in a deployment sharing one database: the holder of the "
+                                  "leases it takes (each process needs its own; a restart under the same name "
+                                  "takes back what it held)")
+    roles: list[Role] = Field(default_factory=lambda: [Role.ALL], min_length=1,
+                              description="what this process does: all, or receiver, evaluator, deliverer")
+    lease_seconds: float = Field(30.0, ge=1, description="how long a claim on a series or a delivery lasts "
+                                                         "without being extended (it is, every third of it)")
 
     _ae = field_validator("ae_title")(_check_ae_title)
+
+    def runs(self, role: Role) -> bool:
+        return Role.ALL in self.roles or role in self.roles
 
 
 class StorageSettings(_Strict):
@@ -287,6 +310,10 @@ class Config(_Strict):
         """The models some route uses: the node refuses to start if one cannot be loaded."""
         used = {r.model for r in self.routes}
         return {name: ref for name, ref in self.models.items() if name in used}
+
+    def with_roles(self, roles: list[str]) -> Config:
+        """The same config for a process with other roles (`dfnode serve --role`)."""
+        return self.model_copy(update={"node": self.node.model_copy(update={"roles": [Role(r) for r in roles]})})
 
 
 def _cross_check(config: Config) -> list[tuple[str, str]]:

@@ -67,6 +67,12 @@ class Series(Base):
     score: Mapped[float | None] = mapped_column(Float, nullable=True)
     verdict: Mapped[str | None] = mapped_column(String(16), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # due for evaluation from then (the database's clock): the last arrival plus the route's stable time
+    stable_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    # the evaluator that holds it (`node.claims`); `epoch` grows with every claim and fences stale writers
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Instance(Base):
@@ -118,6 +124,9 @@ class Delivery(Base):
     last_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)  # the deliverer sending it
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class AuditEvent(Base):

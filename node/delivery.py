@@ -16,12 +16,15 @@ from sqlalchemy import select
 
 from core.events import AuditEventName
 from node.audit import Audit, emit
+from node.claims import Claims, Lease, LeaseLost
 from node.config import Config, Peer, SendingSettings
-from node.db import Database, Delivery, DeliveryState, Report, Series
+from node.db import AuditEvent, Database, Delivery, DeliveryState, Report, Series
 from scp.sender import SendOutcome, send_batch
 from scp.stow import stow_files
 
 log = logging.getLogger(__name__)
+
+CLAIMED_AT_ONCE = 500  # deliveries one deliverer takes per round
 
 
 def backoff_seconds(attempts: int, sending: SendingSettings) -> float:
@@ -34,6 +37,7 @@ class DueDelivery:
     """A pending delivery whose time has come: what to send where, and what it is about."""
 
     id: int
+    lease: Lease
     destination: str
     files: list[Path]
     study_uid: str
@@ -59,17 +63,25 @@ class Deliverer:
         self.db = db
         self.audit = audit
         self.tls = tls  # for peers with `tls: true`
+        self.claims = Claims(db, Delivery, config.node.name, config.node.lease_seconds)
 
     def due(self, now: float) -> list[DueDelivery]:
-        """Each pending delivery whose time has come, the longest waiting first."""
+        """Claim each pending delivery whose time has come that no other deliverer holds, the longest
+        waiting first (at most `CLAIMED_AT_ONCE`)."""
+        leases = {lease.row_id: lease for lease in self.claims.claim(
+            Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now,
+            order_by=Delivery.next_attempt_at, limit=CLAIMED_AT_ONCE)}
+        if not leases:
+            return []
         with self.db.session() as s:
             rows = s.execute(select(Delivery.id, Delivery.destination, Report.path, Report.key_image_path,
                                     Series.study_uid, Series.series_uid, Report.sop_instance_uid)
                              .join(Report, Report.id == Delivery.report_id)
                              .join(Series, Series.id == Report.series_id)
-                             .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
+                             .where(Delivery.id.in_(leases))
                              .order_by(Delivery.next_attempt_at)).all()
-        return [DueDelivery(r[0], r[1], [Path(p) for p in (r[2], r[3]) if p], r[4], r[5], r[6]) for r in rows]
+        return [DueDelivery(r[0], leases[r[0]], r[1], [Path(p) for p in (r[2], r[3]) if p], r[4], r[5], r[6])
+                for r in rows]
 
     def send(self, groups: list[list[Path]], peer: Peer) -> list[SendOutcome]:
         """One attempt to put each group of files on the peer, by its transport: one association (or one
@@ -107,7 +119,8 @@ class Deliverer:
 
         def one_batch(batch: list[DueDelivery]) -> int:
             log.info("sending reports to %s over one association: %d delivery(ies)", peer.name, len(batch))
-            outcomes = self.send([d.files for d in batch], peer)
+            with self.claims.keeper(*(d.lease for d in batch)):
+                outcomes = self.send([d.files for d in batch], peer)
             for d, outcome in zip(batch, outcomes, strict=True):
                 self._finish(d, peer, outcome)
             return sum(outcome.delivered for outcome in outcomes)
@@ -119,10 +132,21 @@ class Deliverer:
 
     def _finish(self, due: DueDelivery, peer: Peer | None, outcome: SendOutcome) -> None:
         now = time.time()
+        try:
+            row = self._record_attempt(due, peer, outcome, now)
+        except LeaseLost as exc:  # this deliverer stalled past its lease; another one has it now
+            log.warning("delivery %d: lease lost, outcome not recorded (%s)", due.id, exc)
+            return
+        if row is not None:
+            emit(*row)
+
+    def _record_attempt(self, due: DueDelivery, peer: Peer | None, outcome: SendOutcome,
+                        now: float) -> tuple[AuditEvent, int] | None:
         with self.db.write_lock, self.db.session() as s, s.begin():
+            self.claims.holds(s, due.lease)
             d = s.get(Delivery, due.id)
             if d is None or d.state != DeliveryState.PENDING:
-                return
+                return None
             d.attempts += 1
             d.last_status = outcome.status_text
             d.last_error = None if outcome.delivered else outcome.detail
@@ -142,4 +166,4 @@ class Deliverer:
                                  called_ae=peer.ae_title if peer else "", calling_ae=self.config.node.ae_title,
                                  study_uid=due.study_uid, series_uid=due.series_uid,
                                  sop_instance_uid=due.report_uid, detail=detail)
-        emit(row, level)
+        return row, level

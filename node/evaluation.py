@@ -17,7 +17,7 @@ from typing import Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from core.durable import write_atomically
 from core.events import AuditEventName
@@ -25,9 +25,11 @@ from inference.model import Classifier
 from inference.preparing import PreparingProcesses
 from inference.scoring import SeriesResult, score_files, score_paths
 from node.audit import Audit, emit
+from node.claims import Claims, Lease, LeaseLost
 from node.config import Config, Route
 from node.db import AuditEvent, Database, Delivery, DeliveryState, Report, Series
 from node.early_scoring import EarlyScores, scores_early, series_files
+from node.ingest import stable_seconds
 from sr.key_image import build_key_image
 from sr.report import (
     REPORT_NOT_BUILT,
@@ -73,6 +75,7 @@ class Evaluator:
         self.next_due_at: float | None = None  # when the earliest series not yet due becomes due
         self.evaluating: int | None = None  # the series id being evaluated now (the console shows it)
         self.early = EarlyScores()
+        self.claims = Claims(db, Series, config.node.name, config.node.lease_seconds)
         # (series id, received version, route) to score early, due soonest first
         self.waiting: list[tuple[int, int, Route]] = []
         self.early_work_left = False
@@ -89,13 +92,17 @@ class Evaluator:
         """Series whose stable time has passed; notes those to score while they wait (`waiting`) and
         when the next one will be due or quiet long enough to be scored early."""
         with self.db.session() as s:
-            candidates = s.execute(select(Series.id, Series.route, Series.last_received_at, Series.received_version)
+            candidates = s.execute(select(Series.id, Series.route, Series.last_received_at, Series.received_version,
+                                          Series.lease_owner, Series.lease_expires_at)
                                    .where(Series.route.is_not(None),
                                           Series.received_version > Series.evaluated_version)).all()
         due: list[int] = []
         waiting: list[tuple[float, int, int, Route]] = []
         wake_at: list[float] = []
-        for series_id, route_name, last, version in candidates:
+        for series_id, route_name, last, version, holder, held_until in candidates:
+            if holder not in (None, self.claims.owner) and held_until is not None and held_until > now:
+                wake_at.append(held_until)  # another evaluator works on it; look again if its lease runs out
+                continue
             route = self.config.route(route_name or "")
             stable = route.series_stable_seconds if route else 0.0
             if now - last >= stable:
@@ -131,17 +138,40 @@ class Evaluator:
         self.early_work_left = not due and self.score_early()
         if due:  # instances that arrive while these are evaluated wake nobody: look again at once after
             self.next_due_at = time.time()
-        for series_id in due:
-            self.evaluating = series_id
+        for lease in iter(self.claim_due, None):
+            self.evaluating = lease.row_id
             try:
-                if self.evaluate(series_id) is not None:
+                if self.evaluate(lease) is not None:
                     done += 1
+            except LeaseLost as exc:
+                log.warning("series id %d: lease lost while evaluating, nothing committed (%s)", lease.row_id, exc)
             except Exception:  # one bad series must not stop the others
-                log.exception("evaluation of series id %d failed", series_id)
-                self._record_failure(series_id, "evaluation failed with an internal error (details in the node's log)")
+                log.exception("evaluation of series id %d failed", lease.row_id)
+                try:
+                    self._record_failure(lease, "evaluation failed with an internal error (details in the "
+                                                "node's log)")
+                except LeaseLost as exc:
+                    log.warning("series id %d: lease lost, failure not recorded (%s)", lease.row_id, exc)
             finally:
                 self.evaluating = None
         return done
+
+    def start(self) -> None:
+        """At start: take back what this evaluator's name held when it stopped, and make the series that
+        wait due by the routes' stable times as configured now."""
+        taken_back = self.claims.release_own()
+        if taken_back:
+            log.info("took back %d series this node (%s) held when it stopped", taken_back, self.claims.owner)
+        with self.db.write_lock, self.db.session() as s, s.begin():
+            s.execute(update(Series).where(Series.received_version > Series.evaluated_version)
+                      .values(stable_at=Series.last_received_at + stable_seconds(self.config.routes)))
+
+    def claim_due(self) -> Lease | None:
+        """Claim the due series waiting longest that no other evaluator holds."""
+        due_at = func.coalesce(Series.stable_at, Series.last_received_at)
+        leases = self.claims.claim(Series.route.is_not(None), Series.received_version > Series.evaluated_version,
+                                   due_at <= self.claims.clock, order_by=due_at)
+        return leases[0] if leases else None
 
     def score_early(self) -> bool:
         """Score the next batch of the waiting series due soonest that has files left to score; whether
@@ -169,9 +199,10 @@ class Evaluator:
             return True
         return False
 
-    def _record_failure(self, series_id: int, error: str) -> None:
+    def _record_failure(self, lease: Lease, error: str) -> None:
         with self.db.write_lock, self.db.session() as s, s.begin():
-            series = s.get(Series, series_id)
+            self.claims.holds(s, lease)
+            series = s.get(Series, lease.row_id)
             if series is None:
                 return
             series.error = error[:2000]
@@ -180,7 +211,13 @@ class Evaluator:
                                    series_uid=series.series_uid, detail=error)
         emit(event, logging.WARNING)
 
-    def evaluate(self, series_id: int) -> Outcome | None:
+    def evaluate(self, lease: Lease) -> Outcome | None:
+        """Evaluate the claimed series and commit its report while the lease still holds."""
+        with self.claims.keeper(lease):
+            return self._evaluate(lease)
+
+    def _evaluate(self, lease: Lease) -> Outcome | None:
+        series_id = lease.row_id
         with self.db.session() as s:
             series = s.get(Series, series_id)
             if series is None:
@@ -191,7 +228,7 @@ class Evaluator:
                                  .order_by(Report.version.desc())).first()
         route = self.config.route(series.route or "")
         if route is None or route.model not in self.classifiers:
-            self._record_failure(series_id, f"route {series.route!r} or its model is no longer configured")
+            self._record_failure(lease, f"route {series.route!r} or its model is no longer configured")
             return None
         classifier = self.classifiers[route.model]
         scored_before, rest = self.early.take(series_id, listed)  # none for a strided route: not scored early
@@ -208,7 +245,7 @@ class Evaluator:
             sr, result = self._report(series.series_uid, headers, result, identity, _read_previous(previous))
         except NothingToCite:  # nothing to hang a report on: recorded, not raised
             reasons = sorted({r.reason or "" for r in result.images})[:3]
-            self._record_failure(series_id, "not evaluated: no usable instance: " + "; ".join(reasons))
+            self._record_failure(lease, "not evaluated: no usable instance: " + "; ".join(reasons))
             return None
         report_path = self.config.storage.reports_dir / f"{sr_uid}.dcm"
         write_atomically(report_path, lambda f: sr.save_as(f, enforce_file_format=True))
@@ -217,7 +254,7 @@ class Evaluator:
                    f"{'-' if result.score is None else f'{result.score * 100:.1f}%'}, {len(result.images)} images "
                    f"in {time.monotonic() - started:.1f}s{', with key image' if key_path else ''}; "
                    f"to {', '.join(route.destinations) or 'no destination'}")
-        event = self._commit(series_id, version, result, sr_uid, report_path, key_path, route.destinations, summary)
+        event = self._commit(lease, version, result, sr_uid, report_path, key_path, route.destinations, summary)
         emit(event)
         if self.metrics is not None:
             self.metrics.observe_inference(route.model, time.monotonic() - started)
@@ -255,10 +292,14 @@ class Evaluator:
             return None
         return path
 
-    def _commit(self, series_id: int, version: int, result: SeriesResult, sr_uid: str, path: Path,
+    def _commit(self, lease: Lease, version: int, result: SeriesResult, sr_uid: str, path: Path,
                 key_path: Path | None, destinations: list[str], summary: str) -> AuditEvent:
+        """The report, its deliveries and the evaluated version in one transaction, only while this
+        evaluator still holds the series (`LeaseLost` otherwise: another one has taken it over)."""
         now = time.time()
+        series_id = lease.row_id
         with self.db.write_lock, self.db.session() as s, s.begin():
+            self.claims.holds(s, lease)
             series = s.get(Series, series_id)
             assert series is not None
             older = list(s.scalars(select(Report.id).where(Report.series_id == series_id,

@@ -17,13 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import bindparam, case, select, update
+from sqlalchemy import ColumnElement, Update, bindparam, case, literal, select, update
 
 from core.durable import write_atomically
 from core.errors import SpoolError
 from core.events import AuditEventName
 from node.audit import Audit, emit
-from node.config import Config
+from node.claims import database_clock
+from node.config import Config, Route
 from node.db import AuditEvent, Database, Instance, Series, insert_unless_present
 from node.routing import SeriesTags, route_for
 from node.spool_budget import SpoolBudget
@@ -40,12 +41,25 @@ _REPLACE_INSTANCE = (update(Instance).where(Instance.id == bindparam("row_id"))
                      .values(size=bindparam("new_size"), received_at=bindparam("now"),
                              transfer_syntax=bindparam("syntax"), file_mtime_ns=bindparam("mtime_ns"),
                              purged_at=None))
-_COUNT_INSTANCE = (update(Series).where(Series.id == bindparam("series_id"))
-                   .values(instance_count=Series.instance_count + bindparam("added"),
-                           last_received_at=case((Series.last_received_at > bindparam("now"),
-                                                  Series.last_received_at), else_=bindparam("now")),
-                           received_version=Series.received_version + 1)
-                   .returning(Series.route, Series.received_version, Series.evaluated_version))
+
+
+def stable_seconds(routes: list[Route]) -> ColumnElement[float]:
+    """A series' route's stable time, in SQL (0 for a route no longer configured)."""
+    if not routes:
+        return literal(0.0)
+    return case({r.name: r.series_stable_seconds for r in routes}, value=Series.route, else_=0.0)
+
+
+def count_instance_statement(clock: ColumnElement[float], routes: list[Route]) -> Update:
+    """Count one instance into its series, in one statement: the version goes up, and the series is due
+    for evaluation at the database's clock plus its route's stable time (`stable_at`)."""
+    stable = stable_seconds(routes)
+    return (update(Series).where(Series.id == bindparam("series_id"))
+            .values(instance_count=Series.instance_count + bindparam("added"),
+                    last_received_at=case((Series.last_received_at > bindparam("now"), Series.last_received_at),
+                                          else_=bindparam("now")),
+                    received_version=Series.received_version + 1, stable_at=clock + stable)
+            .returning(Series.route, Series.received_version, Series.evaluated_version))
 
 
 def spool_path(spool_dir: Path, instance: ReceivedInstance) -> Path:
@@ -81,6 +95,7 @@ class Ingest:
         dialect = db.index_engine.dialect.name
         self._insert_series = insert_unless_present(dialect, Series, "series_uid")
         self._insert_instance = insert_unless_present(dialect, Instance, "sop_instance_uid")
+        self._count_instance = count_instance_statement(database_clock(dialect), config.routes)
 
     def store(self, instance: ReceivedInstance) -> Callable[[], None]:
         """Spool one instance and return its indexing, for after the answer; `SpoolError` (answered
@@ -162,7 +177,7 @@ class Ingest:
                                                  "syntax": instance.transfer_syntax,
                                                  "mtime_ns": spooled.file_mtime_ns})
             route, received, evaluated = conn.execute(
-                _COUNT_INSTANCE, {"series_id": series_id, "added": int(row is None), "now": now}).one()
+                self._count_instance, {"series_id": series_id, "added": int(row is None), "now": now}).one()
             events.append(self.audit.add(conn, AuditEventName.INSTANCE_STORED, **uids, **peer,
                                          sop_instance_uid=instance.sop_instance_uid,
                                          detail=f"{size} bytes, {instance.transfer_syntax}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 
 from core.errors import ConfigError
-from node.config import Config
+from node.config import Config, Role
 
 
 def _taken(address: str, port: int) -> str | None:
@@ -26,9 +26,10 @@ def _taken(address: str, port: int) -> str | None:
 def check_ports_free(config: Config) -> None:
     """Raise `ConfigError` naming each configured listening port that cannot be bound."""
     wanted = []
-    if config.tls.plain_listener:
+    receives = config.node.runs(Role.RECEIVER)
+    if config.tls.plain_listener and receives:
         wanted.append(("node.port", config.node.bind_address, config.node.port))
-    if config.tls.port is not None:
+    if config.tls.port is not None and receives:
         wanted.append(("tls.port", config.node.bind_address, config.tls.port))
     if config.console.enabled and config.console.port:
         wanted.append(("console.port", config.console.bind_address, config.console.port))

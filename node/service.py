@@ -16,12 +16,13 @@ import torch
 from pydicom.uid import generate_uid
 from pynetdicom.association import Association
 
+from core.durable import name_partial_files
 from core.errors import ConfigError, ModelLoadError
 from core.events import AuditEventName
 from inference.letterbox import compiled_box_means_built
 from inference.model import Classifier, load_classifier, torch_threads_for
 from node.audit import Audit
-from node.config import Config
+from node.config import Config, Role
 from node.db import Database
 from node.delivery import Deliverer
 from node.evaluation import Evaluator
@@ -125,7 +126,10 @@ class Node:
         self.config = config
         self.tls = TlsContexts(config)  # a TLS file that cannot be loaded stops the start here
         # loaded on a nicer thread: the inference libraries' thread pools inherit its priority
-        self.classifiers = classifiers if classifiers is not None else at_lower_priority(lambda: load_models(config))
+        evaluates = config.node.runs(Role.EVALUATOR)
+        if classifiers is None:
+            classifiers = at_lower_priority(lambda: load_models(config)) if evaluates else {}
+        self.classifiers = classifiers
         self.db = Database(config.storage.database)
         self.stop_event = threading.Event()
         self.evaluate_wake = threading.Event()
@@ -166,13 +170,39 @@ class Node:
     def start(self, port: int | None = None, tls_port: int | None = None, console_port: int | None = None) -> Node:
         """Listen (on `port`, `tls_port` and `console_port` when given, 0 for any free port; else as
         configured) and run."""
+        node = self.config.node
+        name_partial_files(node.name)
         for folder in (self.config.storage.spool_dir, self.config.storage.reports_dir):
             removed = remove_partial_files(folder)
             if removed:
                 log.warning("removed %d partial file(s) in %s left by an interrupted run", removed, folder)
-        index_spooled_instances(self.config.storage.spool_dir, self.db, self.ingest)
+        if node.runs(Role.RECEIVER):
+            index_spooled_instances(self.config.storage.spool_dir, self.db, self.ingest)
         if self.config.console.enabled:  # first: a port in use stops the start before anything runs
             self.console = self._start_console(self.config.console.port if console_port is None else console_port)
+        if node.runs(Role.RECEIVER):
+            self._start_receiving(port, tls_port)
+        sending, storage = self.config.sending, self.config.storage
+        self.threads = []
+        if node.runs(Role.EVALUATOR):
+            self.evaluator.start()
+            self.threads.append(_Loop("evaluator", self._evaluate_step, self.evaluate_wake, self.stop_event,
+                                      self.evaluator.seconds_to_next_due, niceness=EVALUATION_NICENESS))
+        if node.runs(Role.DELIVERER):
+            self.deliverer.claims.release_own()
+            self.threads.append(_Loop("deliverer", self.deliverer.run_once, self.deliver_wake, self.stop_event,
+                                      lambda: sending.poll_seconds))
+        if node.runs(Role.RECEIVER):
+            self.threads.append(_Loop("retention", self.retention.run_once, self.retention_wake, self.stop_event,
+                                      lambda: storage.retention_check_seconds))
+        for thread in self.threads:
+            thread.start()
+        self.audit.record(AuditEventName.NODE_STARTED, called_ae=self.config.node.ae_title,
+                          detail=f"{self.listening()}; models: {self.models()}")
+        return self
+
+    def _start_receiving(self, port: int | None, tls_port: int | None) -> None:
+        """The Storage SCP's listeners; a failure leaves no console behind."""
         policy = PeerPolicy.from_rules(self.config.node.ae_title, peer_rules(self.config))
         plain_port = (self.config.node.port if port is None else port) if self.config.tls.plain_listener else None
         tls = None
@@ -188,20 +218,6 @@ class Node:
                 self.console.stop()
                 self.console = None
             raise
-        sending, storage = self.config.sending, self.config.storage
-        self.threads = [
-            _Loop("evaluator", self._evaluate_step, self.evaluate_wake, self.stop_event,
-                  self.evaluator.seconds_to_next_due, niceness=EVALUATION_NICENESS),
-            _Loop("deliverer", self.deliverer.run_once, self.deliver_wake, self.stop_event,
-                  lambda: sending.poll_seconds),
-            _Loop("retention", self.retention.run_once, self.retention_wake, self.stop_event,
-                  lambda: storage.retention_check_seconds),
-        ]
-        for thread in self.threads:
-            thread.start()
-        self.audit.record(AuditEventName.NODE_STARTED, called_ae=self.config.node.ae_title,
-                          detail=f"{self.listening()}; models: {self.models()}")
-        return self
 
     def _start_console(self, port: int) -> ConsoleServer:
         settings = self.config.console
@@ -225,7 +241,7 @@ class Node:
         where = [f"port {s.server_address[1]}{' (TLS)' if s.ssl_context else ''}" for s in self.servers]
         if self.console is not None:
             where.append(f"console {self.console.address}")
-        return ", ".join(where)
+        return ", ".join(where) or f"no listener (roles: {', '.join(self.config.node.roles)})"
 
     def models(self) -> str:
         """The loaded models and their versions, for the log."""

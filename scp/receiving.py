@@ -19,7 +19,7 @@ from typing import Any
 
 from pynetdicom import _config, dimse_messages
 
-from core.durable import PARTIAL_PREFIX
+from core.durable import PARTIAL_PREFIX, partial_prefix
 
 _failures: dict[str, OSError] = {}  # partial file name -> why writing it failed
 _failures_lock = threading.Lock()
@@ -31,11 +31,11 @@ class PartialFile:
     def __init__(self, folder: Path):
         self._file: Any = None
         try:
-            self._file = tempfile.NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm", prefix=PARTIAL_PREFIX,
+            self._file = tempfile.NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm", prefix=partial_prefix(),
                                                      dir=folder if folder.is_dir() else None)
             self.name = self._file.name
         except OSError as exc:
-            self.name = str(folder / f"{PARTIAL_PREFIX}not-created-{id(self)}.dcm")
+            self.name = str(folder / f"{partial_prefix()}not-created-{id(self)}.dcm")
             self._failed(exc)
 
     @property
