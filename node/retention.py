@@ -5,6 +5,8 @@ with instances not yet evaluated, keeps all its files."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import case, func, select, update
@@ -14,6 +16,8 @@ from node.audit import Audit, emit
 from node.config import Config
 from node.db import Database, Delivery, DeliveryState, Instance, Report, Series
 from node.spool_budget import SpoolBudget
+
+RETENTION_LOCK = 0x64666E6F6466  # the advisory lock one purging node holds
 
 
 class Retention:
@@ -42,11 +46,30 @@ class Retention:
 
     def run_once(self) -> int:
         """Delete the files of every expired series; returns how many files were deleted."""
-        deleted = 0
-        now = time.time()
-        for series_id in self.expired_series(now):
-            deleted += self._purge(series_id, now)
-        return deleted
+        with self._only_here() as alone:
+            if not alone:  # another node is purging now
+                return 0
+            deleted = 0
+            now = time.time()
+            for series_id in self.expired_series(now):
+                deleted += self._purge(series_id, now)
+            return deleted
+
+    @contextmanager
+    def _only_here(self) -> Iterator[bool]:
+        """Whether this node may purge now: on PostgreSQL, one node at a time (a session advisory lock
+        held while it purges); a node alone on SQLite always may."""
+        if self.db.engine.dialect.name != "postgresql":
+            yield True
+            return
+        with self.db.engine.connect() as connection:
+            alone = bool(connection.scalar(select(func.pg_try_advisory_lock(RETENTION_LOCK))))
+            try:
+                yield alone
+            finally:
+                if alone:
+                    connection.scalar(select(func.pg_advisory_unlock(RETENTION_LOCK)))
+                connection.commit()
 
     def _purge(self, series_id: int, now: float) -> int:
         with self.db.session() as s:

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select
 
 from node.db import Instance
+from node.retention import RETENTION_LOCK
 from node.service import Node
 from node.status import status_report
 from tests.conftest import node_config
@@ -59,22 +61,43 @@ def test_spool_cap_refuses_then_recovers_once_retention_frees_space(tmp_path: Pa
         node.stop()
 
 
-def test_nothing_is_deleted_before_delivery(tmp_path: Path, model_dir: Path, classifiers) -> None:
+def test_nothing_is_deleted_before_delivery(tmp_path: Path, model_dir: Path, classifiers,
+                                            database_url: str | None) -> None:
+    """And on PostgreSQL, retention waits while another node purges (holds its advisory lock)."""
     port = free_port()  # the destination is down
-    storage = {"data_dir": str(tmp_path / "var"), **FAST_RETENTION}
+    storage = {"data_dir": str(tmp_path / "var"), "database_url": database_url, **FAST_RETENTION}
     node = Node(node_config(tmp_path / "var", model_dir, port, storage=storage), classifiers).start(port=0)
     receiver = Receiver()
+    engine = create_engine(database_url) if database_url else None
+    other_node = engine.connect() if engine is not None else None
     try:
         assert send(_copies(tmp_path, "a", 2), node.port) == [0x0000, 0x0000]
         wait_for(lambda: "1 pending" in status_report(node.config), timeout=60)
         wait_for(lambda: _attempts(node) >= 2, timeout=30)  # several retention rounds have passed meanwhile
         assert _held(node) == 2  # evaluated, report pending: nothing may go
+        if other_node is not None:
+            assert other_node.scalar(select(func.pg_try_advisory_lock(RETENTION_LOCK)))
         receiver.start(port)
         wait_for(lambda: receiver.reports(), timeout=60)
+        if other_node is not None:
+            wait_for(lambda: _attempts(node) >= 1 and _sent(node), timeout=30)
+            time.sleep(3 * FAST_RETENTION["retention_check_seconds"])
+            assert _held(node) == 2  # the other node is purging
+            other_node.scalar(select(func.pg_advisory_unlock(RETENTION_LOCK)))
         wait_for(lambda: _held(node) == 0, timeout=30)
     finally:
         node.stop()
         receiver.stop()
+        if other_node is not None and engine is not None:
+            other_node.close()
+            engine.dispose()
+
+
+def _sent(node: Node) -> bool:
+    from node.db import Delivery, DeliveryState
+
+    with node.db.session() as s:
+        return bool(s.scalar(select(func.count(Delivery.id)).where(Delivery.state == DeliveryState.SENT)))
 
 
 def _attempts(node: Node) -> int:
