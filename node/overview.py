@@ -33,6 +33,7 @@ class SeriesRow:
     score: float | None
     verdict: str | None
     deliveries: str  # e.g. "1 sent", "1 failed", "-"
+    held_by: str | None = None  # the node (`node.name`) whose lease on it is running: it evaluates it now
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,13 @@ def _row(s: Session, se: Series) -> SeriesRow:
     states = list(s.scalars(select(Delivery.state).where(Delivery.report_id == latest.id))) if latest else []
     return SeriesRow(se.id, se.study_uid, se.series_uid, se.patient_id, se.modality, se.body_part, se.description,
                      se.route, se.last_received_at, se.instance_count, _state(se), se.score, se.verdict,
-                     delivery_summary(states))
+                     delivery_summary(states), _holder(se))
+
+
+def _holder(se: Series) -> str | None:
+    """Who evaluates the series now: the holder of a lease that has not run out (this machine's clock)."""
+    held = se.lease_owner is not None and se.lease_expires_at is not None and se.lease_expires_at > time.time()
+    return se.lease_owner if held else None
 
 
 def recent_series(db: Database, limit: int = 50, search: str = "", verdict: str = "") -> list[SeriesRow]:

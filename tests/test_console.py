@@ -17,7 +17,9 @@ from PIL import Image
 
 from core.errors import ConfigError
 from node.audit import AuditQuery, query_events
+from node.claims import Claims
 from node.config import parse_config
+from node.db import Series
 from node.service import Node
 from node.users import add_user, remove_user
 from tests.conftest import node_config_raw
@@ -318,3 +320,25 @@ def test_repeated_failed_sign_ins_are_throttled(console_node: Node) -> None:
     blocked = browser.post("/login", data={"name": ADMIN, "password": PASSWORD, "csrf": token})
     assert blocked.status_code == 429 and "too many failed sign-ins" in blocked.text
     assert browser.get("/").status_code == 303  # the right password did not get in while throttled
+
+
+def test_queue_names_the_node_that_evaluates_a_waiting_series(tmp_path: Path, model_dir: Path,
+                                                              receiver: Receiver, classifiers) -> None:
+    """In a deployment sharing one database, the console on any node shows which node holds a series."""
+    raw = node_config_raw(tmp_path / "var", model_dir, receiver.port, console={"enabled": True, "port": 0})
+    for route in raw["routes"]:
+        route["series_stable_seconds"] = 3600  # it waits; another node's evaluator holds it below
+    node = Node(parse_config(raw, "test-config"), classifiers).start(port=0, console_port=0)
+    try:
+        add_user(node.db, ADMIN, PASSWORD, "admin")
+        add_user(node.db, VIEWER, PASSWORD, "viewer")
+        assert set(send(ct_series(tmp_path / "ct", slices=3, size=64), node.port)) == {0}
+        viewer = sign_in(node, VIEWER)
+        wait_for(lambda: re.search(r'<td class="holder">-</td>', viewer.get("/queue").text), timeout=30)
+        elsewhere = Claims(node.db, Series, "evaluator-7", lease_seconds=600)
+        assert len(elsewhere.claim(Series.route.is_not(None), order_by=Series.id)) == 1
+        assert '<td class="holder">evaluator-7</td>' in viewer.get("/queue").text
+        page = viewer.get(f"/series/{series_id(node)}").text
+        assert "(evaluating on evaluator-7)" in page
+    finally:
+        node.stop()
