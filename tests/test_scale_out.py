@@ -15,12 +15,15 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
 from sqlalchemy import create_engine, func, select
 
 from node.db import Report, Series
 from tests.conftest import node_config_raw
 from tests.helpers import Receiver, ct_series, free_port, send, wait_for
 from tests.serve_process import ServeProcess, start_serve, write_config
+from tests.sr_contract import image_groups, referenced_images
 
 LEASE_SECONDS = 3.0
 
@@ -183,3 +186,37 @@ def test_receivers_evaluators_and_a_deliverer_share_the_work(deployment: Deploym
     wait_for(lambda: deployment.reports_for(uid), timeout=120)
     time.sleep(2 * LEASE_SECONDS)
     assert len({str(sr.SOPInstanceUID) for sr in deployment.reports_for(uid)}) == 1
+
+    # a receiver killed during an association: every instance answered success is indexed (by its next
+    # start, from the shared spool) and cited in the series' report
+    files, uid = _series(tmp_path / "receiver", seed=40, slices=120)
+    acknowledged: list[str] = []
+    sender = threading.Thread(target=_send_noting, args=(files, ports[0], acknowledged))
+    sender.start()
+    wait_for(lambda: len(acknowledged) >= 30, timeout=120, interval=0.001)
+    deployment.processes["receiver-1"].kill()
+    sender.join(timeout=60)
+    assert 30 <= len(acknowledged) < len(files)
+    deployment.start("receiver-1", "receiver")
+
+    def cites_every_acknowledged() -> bool:
+        reports = deployment.reports_for(uid)
+        cited = {sop for sr in reports[-1:] for g in image_groups(sr)[:-1] for sop, _ in referenced_images(g)}
+        return set(acknowledged) <= cited
+    wait_for(cites_every_acknowledged, timeout=120)
+
+
+def _send_noting(files: list[Path], port: int, acknowledged: list[str]) -> None:
+    """C-STORE the files in one association, noting each SOP Instance UID answered success, until the
+    association fails."""
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", port, ae_title="DFNODE")
+    for path in files:
+        ds = pydicom.dcmread(path)
+        if not assoc.is_established:
+            return
+        answer = assoc.send_c_store(ds)
+        if answer and answer.get("Status") == 0x0000:
+            acknowledged.append(str(ds.SOPInstanceUID))
+    assoc.release()
