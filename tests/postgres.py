@@ -27,8 +27,9 @@ def _binary(name: str) -> str | None:
 class PostgresServer:
     """One cluster; `new_database()` gives each test a database of its own."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, durable: bool = False):
         self.folder = folder
+        self.durable = durable  # fsync on, as a real server (benchmarks); the tests run without it
         self.data = folder / "data"
         self.socket_dir = folder / "socket"
         self.log = folder / "postgres.log"
@@ -56,7 +57,8 @@ class PostgresServer:
             shutil.chown(self.socket_dir, "postgres")
         self._run(str(_binary("initdb")), "-D", str(self.data), "-U", SUPERUSER, "-A", "trust", "-E", "UTF8",
                   "--no-sync")
-        options = f"-k {self.socket_dir} -c listen_addresses='' -c fsync=off -c max_connections=200"
+        fsync = "" if self.durable else " -c fsync=off"
+        options = f"-k {self.socket_dir} -c listen_addresses=''{fsync} -c max_connections=200"
         self._run(str(_binary("pg_ctl")), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
         return self
 
