@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.synth
 	$(BIN)/python -m bench.training_data
+	$(BIN)/python -m bench.scale
 
 lint: $(STAMP)
 	$(BIN)/ruff check core scp inference sr node tests bench
