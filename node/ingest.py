@@ -129,6 +129,11 @@ class Ingest:
             self.wake.set()
         return True
 
+    def has_unindexed(self) -> bool:
+        """Whether instances answered wait to be indexed (the database failed for them)."""
+        with self._unindexed_lock:
+            return bool(self._unindexed)
+
     def _index_waiting(self) -> None:
         """Index the instances whose indexing failed; `SpoolError` when the database still fails."""
         with self._unindexed_lock:

@@ -22,6 +22,7 @@ from core.events import AuditEventName
 from inference.letterbox import compiled_box_means_built
 from inference.model import Classifier, load_classifier, torch_threads_for
 from node.audit import Audit
+from node.clean_stop import CleanStopMark
 from node.config import Config, Role
 from node.db import Database
 from node.delivery import Deliverer
@@ -140,6 +141,7 @@ class Node:
         self.budget = SpoolBudget(config.storage, self.db)
         self.ingest = Ingest(config, self.db, self.budget, self.audit, self.evaluate_wake)
         self.retention = Retention(config, self.db, self.budget, self.audit)
+        self.clean_stop = CleanStopMark(config.storage.data_dir, config.node.name)
         self.evaluator = Evaluator(config, self.db, self.audit, self.classifiers,
                                    _device_uid(config.storage.data_dir), self.metrics)
         self.deliverer = Deliverer(config, self.db, self.audit, self.tls.client)
@@ -177,7 +179,10 @@ class Node:
             if removed:
                 log.warning("removed %d partial file(s) in %s left by an interrupted run", removed, folder)
         if node.runs(Role.RECEIVER):
-            index_spooled_instances(self.config.storage.spool_dir, self.db, self.ingest)
+            if self.clean_stop.take():
+                log.info("the last stop of %s was clean: nothing to index from the spool", node.name)
+            else:
+                index_spooled_instances(self.config.storage.spool_dir, self.db, self.ingest)
         if self.config.console.enabled:  # first: a port in use stops the start before anything runs
             self.console = self._start_console(self.config.console.port if console_port is None else console_port)
         if node.runs(Role.RECEIVER):
@@ -249,9 +254,11 @@ class Node:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting, let open associations finish (up to `node.drain_seconds`, then abort them),
-        let the workers finish their step, close the database."""
+        let the workers finish their step, close the database; a receiver that leaves nothing unindexed
+        marks the stop clean (`node.clean_stop`)."""
+        receiving, all_finished = bool(self.servers), True
         if self.servers:
-            self._drain(self.servers)
+            all_finished = self._drain(self.servers)
             self.servers = []
         if self.console is not None:
             self.console.stop()
@@ -264,9 +271,12 @@ class Node:
         self.evaluator.close()
         self.audit.record(AuditEventName.NODE_STOPPED, called_ae=self.config.node.ae_title)
         self.db.close()
+        if receiving and all_finished and not self.ingest.has_unindexed():
+            self.clean_stop.leave()
 
 
-    def _drain(self, servers: list[NodeAssociationServer]) -> None:
+    def _drain(self, servers: list[NodeAssociationServer]) -> bool:
+        """Let the open associations finish; whether all did (none had to be aborted)."""
         for server in servers:
             server.shutdown()  # the listening socket closes; open associations go on in their threads
 
@@ -285,6 +295,7 @@ class Node:
             log.warning("aborting association with %s after %.0fs: it did not finish",
                         assoc.requestor.ae_title, self.config.node.drain_seconds)
             assoc.abort()
+        return not open_associations
 
 
 def run_forever(config: Config) -> int:

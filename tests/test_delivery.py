@@ -17,7 +17,7 @@ from node.delivery import backoff_seconds
 from node.service import Node
 from scp.sender import send_files
 from sr.report import ReportIdentity, build_report, report_uids
-from tests.conftest import node_config
+from tests.conftest import node_config, on_database
 from tests.helpers import Receiver, copy_with_new_uids, ct_series, free_port, real_file, send, wait_for
 
 
@@ -31,9 +31,10 @@ def test_backoff_doubles_and_is_capped() -> None:
     assert [backoff_seconds(n, sending) for n in range(1, 7)] == [2, 4, 8, 16, 30, 30]
 
 
-def test_report_arrives_once_the_destination_comes_back(tmp_path: Path, model_dir: Path, classifiers) -> None:
+def test_report_arrives_once_the_destination_comes_back(tmp_path: Path, model_dir: Path, classifiers,
+                                                        database_url: str | None) -> None:
     port = free_port()
-    node = Node(node_config(tmp_path / "var", model_dir, port), classifiers).start(port=0)
+    node = Node(node_config(tmp_path / "var", model_dir, port, **on_database(database_url)), classifiers).start(port=0)
     receiver = Receiver()
     try:
         files = [copy_with_new_uids(real_file("RG3_UNCR.dcm"), tmp_path / "in")]
@@ -52,10 +53,11 @@ def test_report_arrives_once_the_destination_comes_back(tmp_path: Path, model_di
 
 @contextmanager
 def _radiograph_sent_to_peer_answering(status: int, tmp_path: Path, model_dir: Path,
-                                       classifiers) -> Iterator[tuple[Node, Receiver]]:
+                                       classifiers, database_url: str | None) -> Iterator[tuple[Node, Receiver]]:
     """A node whose destination answers every C-STORE with `status`, after one radiograph was sent."""
     receiver = Receiver(status=status).start()
-    node = Node(node_config(tmp_path / "var", model_dir, receiver.port), classifiers).start(port=0)
+    node = Node(node_config(tmp_path / "var", model_dir, receiver.port, **on_database(database_url)),
+                classifiers).start(port=0)
     try:
         files = [copy_with_new_uids(real_file("RG3_UNCR.dcm"), tmp_path / "in")]
         assert send(files, node.port) == [0x0000]
@@ -65,15 +67,16 @@ def _radiograph_sent_to_peer_answering(status: int, tmp_path: Path, model_dir: P
         receiver.stop()
 
 
-def test_refusal_is_recorded_and_not_retried(tmp_path: Path, model_dir: Path, classifiers) -> None:
-    with _radiograph_sent_to_peer_answering(0xC000, tmp_path, model_dir, classifiers) as (node, _):
+def test_refusal_is_recorded_and_not_retried(tmp_path: Path, model_dir: Path, classifiers,
+                                             database_url: str | None) -> None:
+    with _radiograph_sent_to_peer_answering(0xC000, tmp_path, model_dir, classifiers, database_url) as (node, _):
         delivery = wait_for(lambda: [d for d in _deliveries(node) if d.state == "failed"], timeout=60)[0]
         assert (delivery.attempts, delivery.last_status) == (1, "0xC000")
         assert "refused" in (delivery.last_error or "")
 
 
-def test_out_of_resources_is_retried(tmp_path: Path, model_dir: Path, classifiers) -> None:
-    with _radiograph_sent_to_peer_answering(0xA700, tmp_path, model_dir, classifiers) as (node, receiver):
+def test_out_of_resources_is_retried(tmp_path: Path, model_dir: Path, classifiers, database_url: str | None) -> None:
+    with _radiograph_sent_to_peer_answering(0xA700, tmp_path, model_dir, classifiers, database_url) as (node, receiver):
         wait_for(lambda: any(d.attempts >= 2 and d.last_status == "0xA700" for d in _deliveries(node)), timeout=60)
         receiver.status = 0x0000
         wait_for(lambda: receiver.reports(), timeout=60)

@@ -134,7 +134,7 @@ def test_evaluator_is_woken_once_per_waiting_series(running_node: Node, receiver
     assert send(mr, running_node.port) == [0x0000] * 3
     assert wake.count == 0
     files = ct_series(tmp_path / "ct", slices=5)
-    commit = running_node.evaluator._commit
+    commit = running_node.evaluator.store.commit
     late: list[list[int | None]] = []
 
     def commit_after_a_late_slice(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -142,7 +142,7 @@ def test_evaluator_is_woken_once_per_waiting_series(running_node: Node, receiver
             late.append(send(files[3:4], running_node.port))
         return commit(*args, **kwargs)
 
-    monkeypatch.setattr(running_node.evaluator, "_commit", commit_after_a_late_slice)
+    monkeypatch.setattr(running_node.evaluator.store, "commit", commit_after_a_late_slice)
     assert send(files[:3], running_node.port) == [0x0000] * 3
     assert wake.count == 1
     reports = wait_for(lambda: len(receiver.reports()) == 2 and receiver.reports(), timeout=60)

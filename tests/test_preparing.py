@@ -90,8 +90,8 @@ def test_a_node_preparing_in_processes_reports(tmp_path: Path, model_dir: Path, 
     try:
         assert set(send(ct_series(tmp_path / "ct", slices=12, size=64), node.port)) == {0}
         reports = wait_for(receiver.reports, timeout=90)
-        assert isinstance(node.evaluator.preparing, PreparingProcesses)
+        assert isinstance(node.evaluator.scorer.preparing, PreparingProcesses)
     finally:
         node.stop()
     assert len(image_groups(reports[0])) == 13  # 12 slices and the series
-    assert node.evaluator.preparing._pool is None  # stopped with the node
+    assert node.evaluator.scorer.preparing._pool is None  # stopped with the node

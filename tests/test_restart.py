@@ -8,23 +8,24 @@ from sqlalchemy import select
 
 from node.db import Delivery, Series
 from node.service import Node
-from tests.conftest import node_config
+from tests.conftest import node_config, on_database
 from tests.helpers import Receiver, ct_series, free_port, send, wait_for
 
 
 def test_restart_between_receiving_and_processing(tmp_path: Path, model_dir: Path, classifiers,
-                                                  receiver: Receiver) -> None:
+                                                  receiver: Receiver, database_url: str | None) -> None:
     files = ct_series(tmp_path / "ct", slices=5)
     slow = node_config(tmp_path / "var", model_dir, receiver.port,
                        routes=[{"name": "lung-ct", "model": "lung", "series_stable_seconds": 3600,
-                                "destinations": ["pacs"], "match": {"modalities": ["CT"]}}])
+                                "destinations": ["pacs"], "match": {"modalities": ["CT"]}}],
+                       **on_database(database_url))
     first = Node(slow, classifiers).start(port=0)
     try:
         assert send(files, first.port) == [0x0000] * 5
     finally:
         first.stop()
     assert receiver.reports() == []
-    config = node_config(tmp_path / "var", model_dir, receiver.port)
+    config = node_config(tmp_path / "var", model_dir, receiver.port, **on_database(database_url))
     second = Node(config, classifiers).start(port=0)
     try:
         sr = wait_for(lambda: receiver.reports(), timeout=60)[0]
@@ -44,11 +45,12 @@ def test_restart_between_receiving_and_processing(tmp_path: Path, model_dir: Pat
         third.stop()
 
 
-def test_queued_delivery_is_sent_after_a_restart(tmp_path: Path, model_dir: Path, classifiers) -> None:
+def test_queued_delivery_is_sent_after_a_restart(tmp_path: Path, model_dir: Path, classifiers,
+                                                 database_url: str | None) -> None:
     receiver = Receiver()
     files = ct_series(tmp_path / "ct", slices=3)
     port = free_port()
-    config = node_config(tmp_path / "var", model_dir, port)
+    config = node_config(tmp_path / "var", model_dir, port, **on_database(database_url))
     first = Node(config, classifiers).start(port=0)
     try:
         assert send(files, first.port) == [0x0000] * 3

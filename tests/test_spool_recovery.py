@@ -12,10 +12,11 @@ import pytest
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import OperationalError
 
+from inference.model import Classifier
 from node.db import AuditEvent, Instance, Series
 from node.ingest import Spooled
 from node.service import Node
-from tests.conftest import node_config
+from tests.conftest import node_config, on_database
 from tests.helpers import Receiver, ct_series, send, storescu, wait_for
 
 SLOW = {"name": "lung-ct", "model": "lung", "series_stable_seconds": 3600, "destinations": ["pacs"],
@@ -27,15 +28,29 @@ def _indexed(node: Node) -> set[str]:
         return set(s.scalars(select(Instance.sop_instance_uid)))
 
 
+def _start(classifiers: dict[str, Classifier], database_url: str | None, data_dir: Path, model_dir: Path,
+           *receiver_port: int, **overrides: object) -> Node:
+    """A node on SQLite or PostgreSQL (`database_url`), started on any free port."""
+    return Node(node_config(data_dir, model_dir, *receiver_port, **overrides, **on_database(database_url)),
+                classifiers).start(port=0)
+
+
+def _power_cut(node: Node) -> None:
+    """Stop the node as a power cut would have: without the mark of a clean stop."""
+    node.stop()
+    assert node.clean_stop.take()
+
+
 def _spooled(data_dir: Path) -> set[str]:
     return {p.stem for p in (data_dir / "spool").rglob("*.dcm")}
 
 
 def test_a_series_whose_index_a_power_cut_took_back_is_indexed_and_evaluated_at_start(
-        tmp_path: Path, model_dir: Path, classifiers, receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, model_dir: Path, classifiers, receiver: Receiver, caplog: pytest.LogCaptureFixture,
+        database_url: str | None) -> None:
     files = ct_series(tmp_path / "ct", slices=5)
     var = tmp_path / "var"
-    first = Node(node_config(var, model_dir, receiver.port, routes=[SLOW]), classifiers).start(port=0)
+    first = _start(classifiers, database_url, var, model_dir, receiver.port, routes=[SLOW])
     try:
         assert storescu(first.port, files).returncode == 0  # DCMTK's, calling as PACS
         sent = {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}
@@ -45,10 +60,10 @@ def test_a_series_whose_index_a_power_cut_took_back_is_indexed_and_evaluated_at_
             conn.execute(delete(Instance))
             conn.execute(delete(Series))
     finally:
-        first.stop()
+        _power_cut(first)
     caplog.set_level(logging.WARNING, logger="node.spool_recovery")
     routed = {**SLOW, "series_stable_seconds": 0.5}
-    second = Node(node_config(var, model_dir, receiver.port, routes=[routed]), classifiers).start(port=0)
+    second = _start(classifiers, database_url, var, model_dir, receiver.port, routes=[routed])
     try:
         assert _indexed(second) == sent
         assert "indexed 5 instance(s) from the spool" in caplog.text
@@ -64,7 +79,8 @@ def test_a_series_whose_index_a_power_cut_took_back_is_indexed_and_evaluated_at_
 
 
 def test_copies_sent_again_whose_index_a_power_cut_took_back_are_indexed_at_start(
-        tmp_path: Path, model_dir: Path, classifiers, receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, model_dir: Path, classifiers, receiver: Receiver, caplog: pytest.LogCaptureFixture,
+        database_url: str | None) -> None:
     files = ct_series(tmp_path / "ct", slices=3)
     uids = [str(pydicom.dcmread(f).SOPInstanceUID) for f in files]
     same_size = pydicom.dcmread(files[0])  # a pixel corrected: only the file's time tells
@@ -76,7 +92,7 @@ def test_copies_sent_again_whose_index_a_power_cut_took_back_are_indexed_at_star
     larger.ImageComments = "corrected and sent again " * 20
     larger.save_as(tmp_path / "2.dcm")
     var = tmp_path / "var"
-    first = Node(node_config(var, model_dir, receiver.port, routes=[SLOW]), classifiers).start(port=0)
+    first = _start(classifiers, database_url, var, model_dir, receiver.port, routes=[SLOW])
     try:
         assert storescu(first.port, files).returncode == 0
         with first.db.session() as s:
@@ -95,9 +111,9 @@ def test_copies_sent_again_whose_index_a_power_cut_took_back_are_indexed_at_star
             conn.execute(update(Series).values(received_version=version))
             conn.execute(delete(AuditEvent).where(AuditEvent.detail.contains("replaced an earlier copy")))
     finally:
-        first.stop()
+        _power_cut(first)
     caplog.set_level(logging.WARNING, logger="node.spool_recovery")
-    second = Node(node_config(var, model_dir, receiver.port, routes=[SLOW]), classifiers).start(port=0)
+    second = _start(classifiers, database_url, var, model_dir, receiver.port, routes=[SLOW])
     try:
         assert "indexed 2 instance(s) from the spool" in caplog.text
         with second.db.session() as s:
@@ -115,11 +131,12 @@ def test_copies_sent_again_whose_index_a_power_cut_took_back_are_indexed_at_star
 
 
 def test_an_instance_the_database_cannot_index_is_answered_and_indexed_later(
-        tmp_path: Path, model_dir: Path, classifiers, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, model_dir: Path, classifiers, caplog: pytest.LogCaptureFixture,
+        database_url: str | None) -> None:
     files = ct_series(tmp_path / "ct", slices=3)
     uids = [str(pydicom.dcmread(f).SOPInstanceUID) for f in files]
     var = tmp_path / "var"
-    node = Node(node_config(var, model_dir, routes=[SLOW]), classifiers).start(port=0)
+    node = _start(classifiers, database_url, var, model_dir, routes=[SLOW])
     record = node.ingest._record
     failing = True
 
@@ -140,8 +157,9 @@ def test_an_instance_the_database_cannot_index_is_answered_and_indexed_later(
         failing = True
         assert send(files[2:], node.port) == [0x0000]
     finally:
-        node.stop()  # with the third's index still waiting in memory
-    again = Node(node_config(var, model_dir, routes=[SLOW]), classifiers).start(port=0)
+        node.stop()  # with the third's index still waiting in memory: not a clean stop
+    assert not node.clean_stop.path.exists()
+    again = _start(classifiers, database_url, var, model_dir, routes=[SLOW])
     try:
         assert _indexed(again) == set(uids) == _spooled(var)
     finally:
@@ -149,14 +167,15 @@ def test_an_instance_the_database_cannot_index_is_answered_and_indexed_later(
 
 
 def test_files_in_the_spool_that_dfnode_did_not_receive_are_left_alone(
-        tmp_path: Path, model_dir: Path, classifiers, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, model_dir: Path, classifiers, caplog: pytest.LogCaptureFixture,
+        database_url: str | None) -> None:
     files = ct_series(tmp_path / "ct", slices=1)
     series = tmp_path / "var" / "spool" / "1.2.3" / "1.2.3.4"
     series.mkdir(parents=True)
     (series / "1.2.3.4.5.dcm").write_bytes(b"not DICOM")
     shutil.copy(files[0], series / "1.2.3.4.6.dcm")  # a real instance, in another series' folder
     caplog.set_level(logging.WARNING, logger="node.spool_recovery")
-    node = Node(node_config(tmp_path / "var", model_dir), classifiers).start(port=0)
+    node = _start(classifiers, database_url, tmp_path / "var", model_dir)
     try:
         assert _indexed(node) == set()
         assert caplog.text.count("is in the spool but is not an instance dfnode received; left alone") == 2
@@ -164,3 +183,33 @@ def test_files_in_the_spool_that_dfnode_did_not_receive_are_left_alone(
         assert sorted(p.name for p in series.iterdir()) == ["1.2.3.4.5.dcm", "1.2.3.4.6.dcm"]
     finally:
         node.stop()
+
+
+def test_a_start_after_a_clean_stop_does_not_look_through_the_spool(
+        tmp_path: Path, model_dir: Path, classifiers, caplog: pytest.LogCaptureFixture,
+        database_url: str | None) -> None:
+    """A clean stop leaves nothing unindexed: the next start under the same name skips the spool (a shared
+    spool may hold many series); a start after one that was not clean looks through it again."""
+    files = ct_series(tmp_path / "ct", slices=2)
+    var = tmp_path / "var"
+    node = _start(classifiers, database_url, var, model_dir, routes=[SLOW])
+    try:
+        assert send(files[:1], node.port) == [0x0000]
+    finally:
+        node.stop()
+    assert node.clean_stop.path.exists()
+    planted = next((var / "spool").rglob("*.dcm")).parent / "1.2.826.0.1.3680043.8.498.1.dcm"
+    shutil.copy(files[1], planted)  # not indexed, and not something a clean stop can leave behind
+    caplog.set_level(logging.INFO, logger="node")
+    again = _start(classifiers, database_url, var, model_dir, routes=[SLOW])
+    try:
+        assert "the last stop of" in caplog.text and "was clean" in caplog.text
+        assert not again.clean_stop.path.exists()  # taken at the start: a crash from now on finds none
+        assert len(_indexed(again)) == 1
+    finally:
+        _power_cut(again)
+    third = _start(classifiers, database_url, var, model_dir, routes=[SLOW])
+    try:
+        assert "left alone" in caplog.text  # looked through: the planted file is not where dfnode puts it
+    finally:
+        third.stop()
