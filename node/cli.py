@@ -144,7 +144,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if args.native:
         from inference.training.forensic_card import test_set
 
-        manifest = test_set(kind, args.seed, args.count, args.out, pristine=args.pristine, gan=args.gan)
+        manifest = test_set(kind, args.seed, args.count, args.out, pristine=args.pristine, gan=args.gan,
+                            only=tuple(args.family or ()))
         print(f"wrote the native test set {manifest}")
         return 0
     from inference.model import torch_device
@@ -373,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=320)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--real-fraction", type=float, default=0.15, help="share of sources cropped from real images")
-    p.add_argument("--family", action="append", help="only this manipulation family (repeatable)")
+    p.add_argument("--family", action="append", help="only this manipulation family (repeatable; with --native too)")
     p.add_argument("--gan-steps", type=int, default=1500, help="training steps of the whole-image synthesis GAN")
     p.add_argument("--gan-sources", type=int, default=512, help="pristine images the synthesis GAN learns from")
     p.add_argument("--gan-size", type=int, choices=(64, 128, 256),

@@ -135,6 +135,18 @@ def test_a_folder_of_pristine_images_becomes_sources_split_by_file(tmp_path: Pat
         folder_sources("ct", tmp_path / "empty")
 
 
+def test_a_held_out_familys_native_set_holds_only_that_family(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "inpaint"
+    assert main(["synth", "--native", "--kind", "lung", "--count", "2", "--family", "inpaint", "--out", str(out)]) == 0
+    rows = (out / "manifest.csv").read_text().splitlines()[1:]
+    manipulated = [row.split(",")[3] for row in rows if row.split(",")[1] == "1"]
+    assert len(manipulated) == len(rows) // 2 >= 2 and set(manipulated) == {"inpaint"}
+    assert main(["synth", "--native", "--kind", "lung", "--count", "2", "--family", "gan", "--out",
+                 str(tmp_path / "gan")]) == 1
+    assert "no gan family for ct" in capsys.readouterr().err and not (tmp_path / "gan" / "manifest.csv").exists()
+
+
 @pytest.mark.slow
 def test_a_short_forensic_run_writes_a_card_the_node_loads_and_evaluate_reproduces(tmp_path: Path) -> None:
     weights, run = tmp_path / "weights", tmp_path / "run"

@@ -100,9 +100,10 @@ def finish(run: Run, val_sources: list[Source], test_manifest: Path, provenance:
 
 
 def test_set(kind: str, seed: int, count: int, out_dir: Path, progress: bool = True,
-             pristine: Path | None = None, gan: Path | None = None) -> Path:
+             pristine: Path | None = None, gan: Path | None = None, only: tuple[str, ...] = ()) -> Path:
     """Write (or find) the native test set of `count` test-stream phantoms and the real test images; with
-    the `gan` file of a run (its synthesis GAN), the `gan` family too."""
+    the `gan` file of a run (its synthesis GAN), the `gan` family too; with `only`, just those families
+    (a held-out family's own test set)."""
     from inference.training.crops import test_sources
     from inference.training.forensic_train import load_gan
     from inference.training.gan import GAN_FAMILY
@@ -113,6 +114,11 @@ def test_set(kind: str, seed: int, count: int, out_dir: Path, progress: bool = T
     if manifest.is_file():
         return manifest
     families = [*families_for(kind), *([GAN_FAMILY] if gan is not None else [])]
+    unknown = [f for f in only if f not in families]
+    if unknown:
+        raise ValueError(f"no {', '.join(unknown)} family for {kind} (it has {', '.join(families)}"
+                         + ("; gan needs --gan" if GAN_FAMILY in unknown else "") + ")")
+    families = [f for f in families if f in only] if only else families
     return write_native_set(kind, test_sources(kind, seed, count, pristine=pristine), families, seed, out_dir,
                             progress, load_gan(gan) if gan is not None else None)
 
