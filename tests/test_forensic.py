@@ -17,6 +17,7 @@ from inference.forensic import ConstrainedConv, ForensicFront, forensic_input, n
 from inference.model import load_classifier
 from inference.tiling import tiled_cells
 from inference.training.crops import CURRICULUM, cell_coverage, make_twins, phantom_sources
+from inference.training.datasets import load_samples
 from node.cli import main
 from tests.models import random_forensic_network, write_forensic_test_model
 
@@ -139,9 +140,9 @@ def test_a_held_out_familys_native_set_holds_only_that_family(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "inpaint"
     assert main(["synth", "--native", "--kind", "lung", "--count", "2", "--family", "inpaint", "--out", str(out)]) == 0
-    rows = (out / "manifest.csv").read_text().splitlines()[1:]
-    manipulated = [row.split(",")[3] for row in rows if row.split(",")[1] == "1"]
-    assert len(manipulated) == len(rows) // 2 >= 2 and set(manipulated) == {"inpaint"}
+    samples = load_samples(out / "manifest.csv")
+    manipulated = [s.manipulation for s in samples if s.label == 1]
+    assert len(manipulated) == len(samples) // 2 >= 2 and set(manipulated) == {"inpaint"}
     assert main(["synth", "--native", "--kind", "lung", "--count", "2", "--family", "gan", "--out",
                  str(tmp_path / "gan")]) == 1
     assert "no gan family for ct" in capsys.readouterr().err and not (tmp_path / "gan" / "manifest.csv").exists()

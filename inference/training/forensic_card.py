@@ -110,15 +110,15 @@ def test_set(kind: str, seed: int, count: int, out_dir: Path, progress: bool = T
     from inference.training.manipulations import families_for
     from inference.training.native_sets import write_native_set
 
-    manifest = out_dir / "manifest.csv"
-    if manifest.is_file():
-        return manifest
     families = [*families_for(kind), *([GAN_FAMILY] if gan is not None else [])]
     unknown = [f for f in only if f not in families]
     if unknown:
         raise ValueError(f"no {', '.join(unknown)} family for {kind} (it has {', '.join(families)}"
                          + ("; gan needs --gan" if GAN_FAMILY in unknown else "") + ")")
     families = [f for f in families if f in only] if only else families
+    manifest = out_dir / "manifest.csv"
+    if manifest.is_file():
+        return manifest
     return write_native_set(kind, test_sources(kind, seed, count, pristine=pristine), families, seed, out_dir,
                             progress, load_gan(gan) if gan is not None else None)
 
