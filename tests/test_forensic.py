@@ -15,7 +15,7 @@ import torch
 from core.errors import ModelLoadError
 from inference.forensic import ConstrainedConv, ForensicFront, forensic_input, noise_level, srm_kernels
 from inference.model import load_classifier
-from inference.tiling import tiled_cells
+from inference.tiling import pass_pixels, tiled_cells
 from inference.training.crops import CURRICULUM, cell_coverage, make_twins, phantom_sources
 from inference.training.datasets import load_samples
 from node.cli import main
@@ -78,6 +78,21 @@ def test_tiled_scoring_equals_one_pass_over_the_whole_image() -> None:
     assert (tiled - whole).abs().max() <= 1e-3 * whole.abs().max()
     with pytest.raises(ValueError, match="multiples of the cell stride"):
         tiled_cells(network.cells, image, 64, 100, 0)
+
+
+def test_a_series_batch_is_scored_a_few_slices_a_pass_with_the_same_map() -> None:
+    network = random_forensic_network()
+    slices = torch.randn(5, 2, 128, 128)
+    passes: list[int] = []
+
+    def counted(batch: torch.Tensor) -> torch.Tensor:
+        passes.append(batch.shape[0] * batch.shape[-2] * batch.shape[-1])
+        return network.cells(batch)
+    with torch.inference_mode():
+        whole = network.cells(slices)
+        bounded = tiled_cells(counted, slices, 64, 128, 64)  # at most 256 x 256 pixels a pass: 4 slices
+    assert passes == [4 * 128 * 128, 128 * 128] and max(passes) <= pass_pixels(128, 64)
+    assert (bounded - whole).abs().max() <= 1e-4 * whole.abs().max()
 
 
 def test_forensic_card_scores_native_images_on_both_backends(tmp_path: Path) -> None:

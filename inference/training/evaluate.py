@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.model import Classifier, load_classifier, torch_device
+from inference.model_card import read_card
 from inference.training.datasets import Sample, load_samples
 from inference.training.evaluation import benign_scores, evaluate_scores, score_samples, scorer_for
 from inference.training.plots import plot_confusion, plot_roc
@@ -18,11 +19,15 @@ from inference.training.train import TrainSpec, train
 
 def evaluate_model(card_path: Path, data: Path, split: str, out_dir: Path, seed: int | None = None,
                    progress: bool = True, workers: int = 0, device: str = "auto") -> dict:
-    """Metrics of a model on `data` (its test split, by the card's seed, or all of it)."""
-    classifier = load_classifier(card_path, device=str(torch_device(device)))
+    """Metrics of a model on `data` (its test split, by the card's seed, or all of it). A forensic card is
+    scored as the node scores it (onnxruntime on a CPU, the export cached in `out_dir`), as its run
+    scored its test set."""
+    forensic = read_card(card_path).design == "forensic"
+    classifier = load_classifier(card_path, device=str(torch_device(device)), backend="auto" if forensic else "torch",
+                                 cache_dir=out_dir / "model-cache")
     card = classifier.card
     samples = load_samples(data)
-    if card.design == "forensic":
+    if forensic:
         return _evaluate_forensic(classifier, samples, out_dir, data, progress)
     if split != "all":
         samples = split_for_card(samples, card.training, seed)[split]

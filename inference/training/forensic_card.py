@@ -50,6 +50,17 @@ def draft_card(spec: ForensicSpec, weights: Any, threshold: float = 0.5) -> Mode
                      threshold=threshold, weights=weights)
 
 
+def node_scoring(card: ModelCard, network: ForensicNet, cache_dir: Path, threads: int = 0) -> ForensicClassifier:
+    """The weights as the node runs them on a CPU: exported to onnxruntime where it is installed (the
+    export cached in `cache_dir`), else the PyTorch network itself."""
+    from inference import onnx_runtime
+
+    if not onnx_runtime.available():
+        return ForensicClassifier(card, network, torch.device("cpu"))
+    runner = onnx_runtime.onnx_runner(card, cache_dir, threads, lambda: network)
+    return ForensicClassifier(card, None, torch.device("cpu"), runner=runner)
+
+
 def validation_threshold(classifier: ForensicClassifier, sources: list[Source], seed: int,
                          progress: bool = True) -> float:
     """The lowest threshold with at most 1% of the validation pristine images, clean and after each benign
@@ -69,7 +80,7 @@ def finish(run: Run, val_sources: list[Source], test_manifest: Path, provenance:
     spec = run.spec
     network = as_float16(run.shipped())
     weights = save_weights(network.state_dict(), spec.weights_dir, spec.model_name)
-    classifier = ForensicClassifier(draft_card(spec, weights), network, torch.device("cpu"))
+    classifier = node_scoring(draft_card(spec, weights), network, spec.run_dir / "model-cache", spec.threads)
     threshold = validation_threshold(classifier, val_sources, spec.seed + 1, spec.progress)
     classifier.card = draft_card(spec, weights, threshold)
     samples = load_samples(test_manifest)
