@@ -53,11 +53,12 @@ def draft_card(spec: ForensicSpec, weights: Any, threshold: float = 0.5) -> Mode
 def node_scoring(card: ModelCard, network: ForensicNet, cache_dir: Path, threads: int = 0) -> ForensicClassifier:
     """The weights as the node runs them on a CPU: exported to onnxruntime where it is installed (the
     export cached in `cache_dir`), else the PyTorch network itself."""
-    from inference import onnx_runtime
+    from inference.model import resolve_backend
+    from inference.onnx_runtime import onnx_runner
 
-    if not onnx_runtime.available():
+    if resolve_backend("auto", "cpu") == "torch":
         return ForensicClassifier(card, network, torch.device("cpu"))
-    runner = onnx_runtime.onnx_runner(card, cache_dir, threads, lambda: network)
+    runner = onnx_runner(card, cache_dir, threads, lambda: network)
     return ForensicClassifier(card, None, torch.device("cpu"), runner=runner)
 
 
